@@ -1,0 +1,218 @@
+"""The execution engine: one IPython shell, Jupyter-shaped events out, no ZeroMQ inside.
+
+Process model: runs in a worker (one engine per process, created and warmed in the zygote before
+the fork) or on a dedicated thread of the caller's interpreter (IN_PROCESS mode).
+
+What it turns into events (all through the `emit(type, data)` callback it is given):
+- the last expression of a cell → `execute_result` (IPython's display hook);
+- `display()` / `update_display()` / `clear_output()` → `display_data` / `update_display_data`
+  / `clear_output` (IPython's display publisher);
+- a Python exception, a syntax error or an interrupt → `execute_error` with plain-text
+  traceback lines;
+- `input()` / `getpass()` → `input_request`, answered through `request_input`, or a clear
+  `StdinNotImplementedError` when the caller did not allow stdin (as ipykernel does).
+Text written to stdout/stderr is *not* handled here: the host of the engine captures it
+(fd-level pipes in a worker, a thread-aware proxy in process), because only it knows the fds.
+
+State: the shell's namespace persists across `execute` calls; `execution_count` is IPython's.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import getpass
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.completer import provisionalcompleter, rectify_completions
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.error import StdinNotImplementedError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.tokenutil import token_at_cursor
+from traitlets import Type
+from traitlets.config import Config
+
+Emit = Callable[[str, dict[str, Any]], None]
+RequestInput = Callable[[str, bool], str]
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    """Binary mime payloads (PNG, JPEG, PDF) travel base64-encoded, as in Jupyter."""
+    out: dict[str, Any] = {}
+    for mime, value in data.items():
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            value = base64.b64encode(bytes(value)).decode("ascii")
+        out[mime] = value
+    return out
+
+
+class _Publisher(DisplayPublisher):  # type: ignore[misc]
+    """Routes display()/update_display()/clear_output() to the engine's emit callback."""
+
+    engine: Engine
+
+    def publish(self, data: dict[str, Any], metadata: dict[str, Any] | None = None,
+                source: Any = None, *, transient: dict[str, Any] | None = None,
+                update: bool = False, **_: Any) -> None:
+        self.engine.flush_streams()
+        self.engine.emit("update_display_data" if update else "display_data", {
+            "data": _jsonable(data), "metadata": metadata or {}, "transient": transient or {},
+        })
+
+    def clear_output(self, wait: bool = False) -> None:
+        self.engine.flush_streams()
+        self.engine.emit("clear_output", {"wait": bool(wait)})
+
+
+class _DisplayHook(DisplayHook):  # type: ignore[misc]
+    """Turns the value of a cell's last expression into `execute_result`."""
+
+    engine: Engine
+
+    def start_displayhook(self) -> None:
+        self._data: dict[str, Any] = {}
+        self._metadata: dict[str, Any] = {}
+
+    def write_output_prompt(self) -> None:
+        pass
+
+    def write_format_data(self, format_dict: dict[str, Any],
+                          md_dict: dict[str, Any] | None = None) -> None:
+        self._data = _jsonable(format_dict)
+        self._metadata = md_dict or {}
+
+    def finish_displayhook(self) -> None:
+        if not self._data:
+            return
+        self.engine.flush_streams()
+        content = {"execution_count": self.prompt_count, "data": self._data,
+                   "metadata": self._metadata}
+        self.engine.last_result = content
+        self.engine.emit("execute_result", content)
+
+
+class _Shell(InteractiveShell):  # type: ignore[misc]
+    """IPython's shell with kerneld's display hook and publisher built in (as ipykernel's
+    ZMQInteractiveShell does), so `sys.displayhook` swaps use them too."""
+
+    displayhook_class = Type(_DisplayHook)
+    display_pub_class = Type(_Publisher)
+
+
+def _shell_config() -> Config:
+    config = Config()
+    config.HistoryManager.enabled = False       # no sqlite file; kernels are ephemeral
+    config.InteractiveShell.colors = "NoColor"  # plain traceback lines
+    config.InteractiveShell.autocall = 0
+    config.InteractiveShell.xmode = "Context"
+    return config
+
+
+class Engine:
+    """One persistent IPython shell. Not thread-safe: one caller at a time."""
+
+    def __init__(self, *, singleton: bool = True) -> None:
+        config = _shell_config()
+        if singleton:
+            self.shell = _Shell.instance(config=config)
+        else:
+            self.shell = _Shell(config=config)
+        self.shell.display_pub.engine = self
+        self.shell.displayhook.engine = self
+        self.shell._showtraceback = self._showtraceback
+        self.emit: Emit = lambda _type, _data: None
+        self.flush_streams: Callable[[], None] = lambda: None
+        self.request_input: RequestInput | None = None
+        self.last_result: dict[str, Any] | None = None
+        self.last_error: dict[str, Any] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def warm(self) -> None:
+        """Run a throwaway cell so the first real one does not pay IPython's lazy setup."""
+        saved = self.emit
+        self.emit = lambda _type, _data: None
+        try:
+            for cell in ("1+1", "1/0", "def f(:\n  pass"):  # result, traceback, syntax error
+                self.shell.run_cell(cell, store_history=False, silent=True)
+            self.complete("pri", 3)
+        finally:
+            self.emit = saved
+        self.shell.execution_count = 1
+
+    def attach(self, emit: Emit, flush_streams: Callable[[], None],
+               request_input: RequestInput | None) -> None:
+        self.emit, self.flush_streams, self.request_input = emit, flush_streams, request_input
+
+    # -- execution ------------------------------------------------------------------------
+
+    def execute(self, code: str, *, silent: bool = False, store_history: bool = True,
+                allow_stdin: bool = False) -> tuple[str, int | None, dict[str, Any] | None,
+                                                     dict[str, Any] | None]:
+        """Run one cell. Returns (status, execution_count, execute_result content, error)."""
+        self.last_result = self.last_error = None
+        self._install_input(allow_stdin)
+        result = self.shell.run_cell(code, store_history=store_history, silent=silent)
+        self.flush_streams()
+        failed = result.error_before_exec is not None or result.error_in_exec is not None
+        if failed and self.last_error is None:
+            exc = result.error_before_exec or result.error_in_exec
+            self.last_error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
+        count = result.execution_count
+        return ("error" if failed else "ok", count, self.last_result, self.last_error)
+
+    def _showtraceback(self, etype: type[BaseException], evalue: BaseException,
+                       stb: list[str]) -> None:
+        self.flush_streams()
+        error = {"ename": getattr(etype, "__name__", str(etype)), "evalue": str(evalue),
+                 "traceback": [str(line) for line in stb]}
+        self.last_error = error
+        self.emit("execute_error", error)
+
+    def _install_input(self, allow_stdin: bool) -> None:
+        if allow_stdin and self.request_input is not None:
+            ask = self.request_input
+            builtins.input = lambda prompt="": ask(str(prompt), False)
+            getpass.getpass = lambda prompt="Password: ", stream=None: ask(str(prompt), True)
+        else:
+            builtins.input = _no_stdin
+            getpass.getpass = _no_stdin
+
+    # -- introspection --------------------------------------------------------------------
+
+    def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        """Jupyter's complete_reply, from IPython's completion API (as ipykernel ≥ 6)."""
+        with provisionalcompleter():
+            found = list(rectify_completions(
+                code, self.shell.Completer.completions(code, cursor_pos)))
+        start = found[0].start if found else cursor_pos
+        end = found[0].end if found else cursor_pos
+        types = [{"start": c.start, "end": c.end, "text": c.text, "type": c.type,
+                  "signature": c.signature} for c in found]
+        return {"status": "ok", "matches": [c.text for c in found], "cursor_start": start,
+                "cursor_end": end, "metadata": {"_jupyter_types_experimental": types}}
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict[str, Any]:
+        name = token_at_cursor(code, cursor_pos)
+        try:
+            data = self.shell.object_inspect_mime(name, detail_level=detail_level)
+            found = True
+        except KeyError:
+            data, found = {}, False
+        return {"status": "ok", "found": found, "data": _jsonable(data), "metadata": {}}
+
+    def is_complete(self, code: str) -> dict[str, Any]:
+        status, indent = self.shell.input_transformer_manager.check_complete(code)
+        reply: dict[str, Any] = {"status": status}
+        if status == "incomplete":
+            reply["indent"] = " " * (indent or 0)
+        return reply
+
+
+def _no_stdin(prompt: str = "", stream: Any = None) -> str:
+    raise StdinNotImplementedError(
+        "input() was called, but this execution does not accept input: "
+        "pass allow_stdin=True to execute/execute_stream to answer input requests"
+    )

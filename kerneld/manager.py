@@ -1,0 +1,472 @@
+"""KernelManager: the kernel table, executions, events and lifecycle — embedded or in the daemon.
+
+Process model: a library object living on one asyncio event loop (the caller's, or the
+daemon's). WORKER kernels are processes forked by the zygote (`spawner.ZygoteClient`) that talk
+back through `spawner.WorkerHub`; IN_PROCESS kernels are threads (`inprocess`). Both deliver the
+same protocol messages to `_Kernel.on_message`, so one code path tracks executions.
+
+State: `self._kernels` (id → _Kernel). Each kernel has a FIFO of executions; exactly one runs at
+a time, so events of different executions never interleave.
+
+Liveness: a worker's exit is reported by the zygote (`Exited`) within milliseconds; every
+running and queued execution then ends with `execute_error` `KernelDied`. A ticker
+(`_tick`, 10 Hz) applies inactivity and stall rules from `lifecycle.decide`.
+
+Shutdown: `close()` ends every execution with `DaemonShutdown`-style errors, kills every
+kernel tree, stops the zygote and removes the worker socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import zmq.asyncio
+
+from kerneld import protocol as p
+from kerneld.config import ManagerConfig
+from kerneld.errors import (InvalidArgument, KernelError, KernelNotFound, KernelStartError,
+                            LimitExceeded, PermissionDenied)
+from kerneld.execution import Execution, ExecutionStream
+from kerneld.kernels import KernelMode, _Kernel
+from kerneld.pool import Pool
+from kerneld.spawner import WorkerHub, ZygoteClient
+
+log = logging.getLogger(__name__)
+
+_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+Listener = Callable[[p.KernelEvent], Any]
+
+
+class KernelManager:
+    """Creates, runs and tracks kernels. All methods run on the manager's event loop."""
+
+    def __init__(self, config: ManagerConfig | None = None) -> None:
+        self.config = config or ManagerConfig()
+        self._kernels: dict[str, _Kernel] = {}
+        self._listeners: dict[str, list[tuple[str, Listener]]] = {}
+        self._by_pid: dict[int, _Kernel] = {}
+        self._ctx: zmq.asyncio.Context | None = None
+        self._hub: WorkerHub | None = None
+        self._zygote: ZygoteClient | None = None
+        self._runtime_dir: str | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._uids_in_use: set[int] = set()
+        self._closed = False
+        self.pool = Pool(self)
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ infrastructure
+
+    async def _ensure_infrastructure(self) -> None:
+        if self._closed:
+            raise KernelError("the kernel manager is closed")
+        if self._hub is None:
+            base = self.config.runtime_dir or ("/run" if os.geteuid() == 0 else None)
+            if base is not None:
+                os.makedirs(base, exist_ok=True)
+            self._runtime_dir = tempfile.mkdtemp(prefix="kerneld-", dir=base)
+            os.chmod(self._runtime_dir, 0o711)
+            self._ctx = zmq.asyncio.Context()
+            self._hub = WorkerHub(self._ctx, os.path.join(self._runtime_dir, "workers.sock"))
+        if self._zygote is None:
+            self._zygote = ZygoteClient(self.config.runtime_python, list(self.config.preload),
+                                        on_message=self._on_zygote_message,
+                                        on_exit=self._on_zygote_exit)
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick(), name="kerneld-lifecycle")
+        await self._zygote.ensure_started()
+
+    @property
+    def hub(self) -> WorkerHub:
+        assert self._hub is not None
+        return self._hub
+
+    @property
+    def zygote(self) -> ZygoteClient:
+        assert self._zygote is not None
+        return self._zygote
+
+    def allocate_uid(self) -> int | None:
+        if os.geteuid() != 0:
+            return None
+        first, last = self.config.uid_range
+        for uid in range(first, last + 1):
+            if uid not in self._uids_in_use:
+                self._uids_in_use.add(uid)
+                return uid
+        raise LimitExceeded(f"no free kernel uid left in uid_range {first}-{last}")
+
+    def release_uid(self, uid: int | None) -> None:
+        if uid is not None:
+            self._uids_in_use.discard(uid)
+
+    def track_pid(self, pid: int, kernel: _Kernel | None) -> None:
+        if kernel is None:
+            self._by_pid.pop(pid, None)
+        else:
+            self._by_pid[pid] = kernel
+
+    def _on_zygote_message(self, msg: Any) -> None:
+        kernel = self._by_pid.get(getattr(msg, "pid", -1))
+        if kernel is not None:
+            kernel.on_zygote_message(msg)
+        else:
+            self.pool.on_zygote_message(msg)
+
+    def _on_zygote_exit(self) -> None:
+        for kernel in list(self._by_pid.values()):
+            kernel.on_zygote_message(p.Exited(kernel.pid or 0, None, None), zygote_died=True)
+        self.pool.on_zygote_exit()
+
+    # ------------------------------------------------------------------ creation
+
+    async def create_kernel(
+        self, id: str | None = None, namespace: str | None = None,
+        mode: KernelMode | str = KernelMode.WORKER, profile: str | None = None,
+        env: dict[str, str] | None = None, filesystem: dict[str, Any] | None = None,
+        permissions: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
+        inactivity_timeout: float | None = None, max_execution_time: float | None = None,
+    ) -> str:
+        """Create a kernel and wait until it is ready; returns its id (SPEC: Kernel ids)."""
+        kernel_id = self._new_id(id, namespace)
+        mode = _mode(mode)
+        if mode is KernelMode.IN_PROCESS and not self.config.allow_in_process:
+            raise PermissionDenied("in_process kernels are disabled here "
+                                   "(allow_in_process = false in the daemon config)")
+        if len(self._kernels) >= self.config.max_kernels:
+            raise LimitExceeded(f"kernel limit reached (max_kernels = {self.config.max_kernels})")
+        env = _check_env(env)
+        options = dict(profile=profile or self.config.default_profile, env=env,
+                       filesystem=filesystem, permissions=permissions, limits=limits,
+                       inactivity_timeout=inactivity_timeout,
+                       max_execution_time=max_execution_time)
+        kernel = _Kernel(self, kernel_id, namespace, mode, options)
+        self._kernels[kernel_id] = kernel
+        try:
+            if mode is KernelMode.WORKER:
+                await self._ensure_infrastructure()
+            elif self._ticker is None:
+                self._ticker = asyncio.create_task(self._tick(), name="kerneld-lifecycle")
+            await kernel.start()
+        except BaseException:
+            self._kernels.pop(kernel_id, None)
+            await kernel.kill()
+            raise
+        return kernel_id
+
+    def _new_id(self, id: str | None, namespace: str | None) -> str:
+        if id is None:
+            base = str(uuid.uuid4())
+        elif not isinstance(id, str) or not _ID_RE.match(id):
+            raise InvalidArgument(f"invalid kernel id {id!r}: use 1-128 characters of "
+                                  "A-Z a-z 0-9 . _ -")
+        else:
+            base = id
+        if namespace is not None:
+            if not isinstance(namespace, str) or not _ID_RE.match(namespace):
+                raise InvalidArgument(f"invalid namespace {namespace!r}: use 1-128 characters "
+                                      "of A-Z a-z 0-9 . _ -")
+            base = f"{namespace}:{base}"
+        if base in self._kernels:
+            raise InvalidArgument(f"Kernel with ID {base} already exists")
+        return base
+
+    # ------------------------------------------------------------------ lookup
+
+    def _get(self, kernel_id: str) -> _Kernel:
+        kernel = self._kernels.get(kernel_id) if isinstance(kernel_id, str) else None
+        if kernel is None:
+            raise KernelNotFound(f"kernel {kernel_id!r} not found")
+        return kernel
+
+    def get_kernel(self, kernel_id: str) -> Kernel:
+        self._get(kernel_id)
+        return Kernel(self, kernel_id)
+
+    def get_kernel_ids(self) -> list[str]:
+        return list(self._kernels)
+
+    def list_kernels(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [k.describe() for k in self._kernels.values()
+                if namespace is None or k.namespace == namespace]
+
+    # ------------------------------------------------------------------ execution
+
+    def execute_stream(self, kernel_id: str, code: str, *, allow_stdin: bool = False,
+                       silent: bool = False, store_history: bool = True) -> ExecutionStream:
+        execution = self._submit(kernel_id, code, allow_stdin, silent, store_history, True)
+        return ExecutionStream(execution)
+
+    async def execute(self, kernel_id: str, code: str, *, allow_stdin: bool = False,
+                      silent: bool = False, store_history: bool = True) -> p.ExecutionResult:
+        execution = self._submit(kernel_id, code, allow_stdin, silent, store_history, False)
+        return await execution.future
+
+    def _submit(self, kernel_id: str, code: str, allow_stdin: bool, silent: bool,
+                store_history: bool, streaming: bool) -> Execution:
+        kernel = self._get(kernel_id)
+        if not isinstance(code, str):
+            raise InvalidArgument(f"code must be a string, not {type(code).__name__}")
+        if len(code.encode("utf-8", "surrogatepass")) > p.MAX_CODE_BYTES:
+            raise LimitExceeded(f"code is larger than the limit of {p.MAX_CODE_BYTES} bytes")
+        execution = Execution(kernel.id, code, allow_stdin=bool(allow_stdin),
+                              silent=bool(silent), store_history=bool(store_history),
+                              streaming=streaming)
+        kernel.submit(execution)
+        return execution
+
+    def input_reply(self, kernel_id: str, value: str) -> bool:
+        return self._get(kernel_id).input_reply(str(value))
+
+    async def complete(self, kernel_id: str, code: str,
+                       cursor_pos: int | None = None) -> dict[str, Any]:
+        pos = len(code) if cursor_pos is None else int(cursor_pos)
+        return await self._get(kernel_id).ask(lambda r: p.Complete(r, code, pos))
+
+    async def inspect(self, kernel_id: str, code: str, cursor_pos: int | None = None,
+                      detail_level: int = 0) -> dict[str, Any]:
+        pos = len(code) if cursor_pos is None else int(cursor_pos)
+        return await self._get(kernel_id).ask(
+            lambda r: p.Inspect(r, code, pos, int(detail_level)))
+
+    async def is_complete(self, kernel_id: str, code: str) -> dict[str, Any]:
+        return await self._get(kernel_id).ask(lambda r: p.IsComplete(r, code))
+
+    # ------------------------------------------------------------------ events
+
+    def on_kernel_event(self, kernel_id: str, event_type: str, callback: Listener) -> None:
+        self._get(kernel_id)
+        event_type = str(getattr(event_type, "value", event_type))
+        self._listeners.setdefault(kernel_id, []).append((event_type, callback))
+
+    def off_kernel_event(self, kernel_id: str, event_type: str,
+                         callback: Listener | None = None) -> None:
+        event_type = str(getattr(event_type, "value", event_type))
+        entries = self._listeners.get(kernel_id, [])
+        self._listeners[kernel_id] = [
+            (t, cb) for t, cb in entries
+            if not (t == event_type and (callback is None or cb == callback))]
+
+    def dispatch(self, event: p.KernelEvent) -> None:
+        """Deliver one event to the listeners of its kernel (errors are logged, not raised)."""
+        for event_type, callback in list(self._listeners.get(event.kernel_id, ())):
+            if event_type != "*" and event_type != event.type:
+                continue
+            try:
+                outcome = callback(event)
+                if inspect.isawaitable(outcome):
+                    asyncio.ensure_future(outcome)
+            except Exception:
+                log.exception("event listener failed kernel=%s event=%s",
+                              event.kernel_id, event.type)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def destroy_kernel(self, kernel_id: str) -> None:
+        kernel = self._get(kernel_id)
+        self._kernels.pop(kernel_id, None)
+        await kernel.destroy("KernelDestroyed", "the kernel was destroyed")
+        self._listeners.pop(kernel_id, None)
+
+    async def destroy_all(self, namespace: str | None = None) -> int:
+        ids = [k.id for k in self._kernels.values()
+               if namespace is None or k.namespace == namespace]
+        await asyncio.gather(*(self.destroy_kernel(i) for i in ids), return_exceptions=True)
+        return len(ids)
+
+    def interrupt_kernel(self, kernel_id: str) -> bool:
+        kernel = self._kernels.get(kernel_id)
+        return kernel.interrupt() if kernel is not None else False
+
+    async def restart_kernel(self, kernel_id: str) -> bool:
+        kernel = self._kernels.get(kernel_id)
+        if kernel is None:
+            return False
+        await kernel.restart()
+        return True
+
+    async def force_terminate_kernel(self, kernel_id: str, reason: str | None = None) -> bool:
+        kernel = self._get(kernel_id)
+        reason = reason or "force-terminated"
+        self._kernels.pop(kernel_id, None)
+        await kernel.destroy("KernelForcedTermination", reason)
+        self.dispatch(p.KernelEvent("kernel_terminated", {"kernel_id": kernel_id,
+                                                          "reason": reason}, kernel_id))
+        self._listeners.pop(kernel_id, None)
+        return True
+
+    def ping_kernel(self, kernel_id: str) -> bool:
+        kernel = self._kernels.get(kernel_id)
+        if kernel is None:
+            return False
+        kernel.touch()
+        return True
+
+    def set_inactivity_timeout(self, kernel_id: str, timeout: float | None) -> bool:
+        kernel = self._kernels.get(kernel_id)
+        if kernel is None:
+            return False
+        kernel.inactivity_timeout = float(timeout) if timeout else None
+        kernel.touch()
+        return True
+
+    def get_inactivity_timeout(self, kernel_id: str) -> float | None:
+        return self._get(kernel_id).inactivity_timeout
+
+    def get_time_until_shutdown(self, kernel_id: str) -> float | None:
+        return self._get(kernel_id).time_until_shutdown()
+
+    def get_execution_info(self, kernel_id: str) -> dict[str, Any]:
+        return self._get(kernel_id).execution_info()
+
+    def get_ongoing_execution_count(self, kernel_id: str) -> int:
+        return self._get(kernel_id).execution_info()["count"]
+
+    def get_stuck_executions(self, kernel_id: str) -> list[dict[str, Any]]:
+        return [e for e in self._get(kernel_id).execution_info()["executions"] if e["is_stuck"]]
+
+    def get_pool_stats(self) -> dict[str, Any]:
+        return self.pool.stats()
+
+    async def _tick(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            for kernel in list(self._kernels.values()):
+                try:
+                    await kernel.apply_rules(now)
+                except Exception:
+                    log.exception("lifecycle rules failed kernel=%s", kernel.id)
+
+    async def expire(self, kernel: _Kernel) -> None:
+        """Inactivity timeout reached: destroy and tell listeners."""
+        if self._kernels.get(kernel.id) is not kernel:
+            return
+        log.info("kernel expired kernel=%s timeout=%s", kernel.id, kernel.inactivity_timeout)
+        self._kernels.pop(kernel.id, None)
+        await kernel.destroy("KernelTerminated", "inactivity timeout")
+        self.dispatch(p.KernelEvent("kernel_terminated", {
+            "kernel_id": kernel.id, "reason": "inactivity timeout"}, kernel.id))
+        self._listeners.pop(kernel.id, None)
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def close(self, reason: str = "the kernel manager is shutting down") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+        kernels = list(self._kernels.values())
+        self._kernels.clear()
+        await asyncio.gather(*(k.destroy("DaemonShutdown", reason) for k in kernels),
+                             return_exceptions=True)
+        await self.pool.close()
+        if self._zygote is not None:
+            await self._zygote.close()
+        if self._hub is not None:
+            await self._hub.close()
+        if self._ctx is not None:
+            self._ctx.term()
+        if self._runtime_dir is not None:
+            try:
+                os.rmdir(self._runtime_dir)
+            except OSError:
+                pass
+
+    async def __aenter__(self) -> KernelManager:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Kernel:
+    """A handle on one kernel: the seed's `kernel` object (`execute`, `interrupt`, ...).
+
+    Returned by `KernelManager.get_kernel` and by the module-level `create_kernel()`, which
+    owns a private manager that `close()` shuts down with the kernel.
+    """
+
+    def __init__(self, manager: KernelManager, kernel_id: str, *, owns_manager: bool = False):
+        self.manager, self.id, self._owns = manager, kernel_id, owns_manager
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.manager._get(self.id).describe()
+
+    async def execute(self, code: str, **kw: Any) -> p.ExecutionResult:
+        return await self.manager.execute(self.id, code, **kw)
+
+    def execute_stream(self, code: str, **kw: Any) -> ExecutionStream:
+        return self.manager.execute_stream(self.id, code, **kw)
+
+    def interrupt(self) -> bool:
+        return self.manager.interrupt_kernel(self.id)
+
+    async def restart(self) -> bool:
+        return await self.manager.restart_kernel(self.id)
+
+    def input_reply(self, value: str) -> bool:
+        return self.manager.input_reply(self.id, value)
+
+    async def close(self) -> None:
+        if self.id in self.manager._kernels:
+            await self.manager.destroy_kernel(self.id)
+        if self._owns:
+            await self.manager.close()
+
+    async def __aenter__(self) -> Kernel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _mode(mode: KernelMode | str) -> KernelMode:
+    try:
+        return KernelMode(getattr(mode, "value", mode))
+    except ValueError:
+        raise InvalidArgument(f"unknown kernel mode {mode!r}: use 'worker' or 'in_process'")
+
+
+def _check_env(env: dict[str, str] | None) -> dict[str, str]:
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise InvalidArgument("env must be a mapping of names to strings")
+    for name, value in env.items():
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+            raise InvalidArgument(f"invalid environment variable name {name!r}")
+        if not isinstance(value, str) or "\0" in value:
+            raise InvalidArgument(f"environment variable {name} must be a string without NUL")
+    return dict(env)
+
+
+def create_kernel_manager(config: ManagerConfig | None = None) -> KernelManager:
+    return KernelManager(config)
+
+
+async def create_kernel(config: ManagerConfig | None = None, **options: Any) -> Kernel:
+    """A standalone kernel with its own manager (the seed's `createKernel`)."""
+    manager = KernelManager(config)
+    try:
+        kernel_id = await manager.create_kernel(**options)
+    except BaseException:
+        await manager.close()
+        raise
+    return Kernel(manager, kernel_id, owns_manager=True)
+
+
+__all__ = ["KernelManager", "Kernel", "create_kernel", "create_kernel_manager",
+           "KernelStartError"]

@@ -1,0 +1,163 @@
+"""The warm pool: idle workers, already forked and confined, waiting for a kernel to serve.
+
+A pooled worker is confined with its profile's full policy (its own uid, cgroup, namespaces,
+Landlock, seccomp) and connected; only the environment is left to give. `take()` hands one to
+a new kernel by re-pointing its socket token and pipelining `Activate{env}` before the first
+execution, so serving from the pool costs no round trip. Pooled workers serve exactly one
+kernel and are never reused; the pool refills in the background.
+
+Requests that change the policy in ways that need a fresh confinement (a filesystem mount,
+narrowed permissions or limits, another profile) are created fresh, transparently.
+
+`PoolState` is the pure part (counts → how many to start); `Pool` does the I/O.
+`repr(pool)` is a one-line status for logs, `kerneld status` and systemd's STATUS=.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kerneld import protocol as p
+
+if TYPE_CHECKING:
+    from kerneld.kernels import _Kernel
+    from kerneld.manager import KernelManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolState:
+    """Counters of one profile's pool."""
+
+    target: int
+    idle: int = 0
+    starting: int = 0
+    served: int = 0
+    missed: int = 0
+    failures: int = 0
+
+    def to_start(self) -> int:
+        """How many workers to start now. Stops after repeated failures (no respawn storm)."""
+        if self.failures >= 3:
+            return 0
+        return max(0, self.target - self.idle - self.starting)
+
+
+class Pool:
+    def __init__(self, manager: KernelManager) -> None:
+        self.manager = manager
+        self.states: dict[str, PoolState] = {}
+        self.idle: dict[str, collections.deque[_Kernel]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        parts = [f"{name}={s.idle}/{s.target}(+{s.starting})" for name, s in self.states.items()]
+        return "pool " + (" ".join(parts) if parts else "off")
+
+    def stats(self) -> dict[str, Any]:
+        return {name: {"target": s.target, "idle": s.idle, "starting": s.starting,
+                       "served": s.served, "missed": s.missed, "failures": s.failures}
+                for name, s in self.states.items()}
+
+    def configure(self) -> None:
+        """(Re)read the targets from the manager's config and start filling."""
+        cfg = self.manager.config
+        for name in cfg.pool_profiles:
+            state = self.states.setdefault(name, PoolState(target=cfg.pool_size))
+            state.target = cfg.pool_size
+        self.refill()
+
+    def refill(self) -> None:
+        if self._closed or not self.manager.config.confine:
+            return
+        for name, state in self.states.items():
+            for _ in range(state.to_start()):
+                state.starting += 1
+                task = asyncio.create_task(self._start_one(name, state))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _start_one(self, profile: str, state: PoolState) -> None:
+        from kerneld.kernels import KernelMode, _Kernel
+        worker = _Kernel(self.manager, f"pool-{profile}", None, KernelMode.WORKER, dict(
+            profile=profile, env={}, filesystem=None, permissions=None, limits=None,
+            inactivity_timeout=None, max_execution_time=None))
+        try:
+            await worker._spawn()
+        except Exception as exc:
+            state.failures += 1
+            log.error("pool worker failed to start profile=%s error=%s", profile, exc)
+            await worker.kill()
+            return
+        finally:
+            state.starting -= 1
+        if self._closed:
+            await worker.kill()
+            return
+        assert worker.pid is not None
+        self.manager.track_pid(worker.pid, None)  # exits now come to on_zygote_message
+        state.failures = 0
+        state.idle += 1
+        self.idle.setdefault(profile, collections.deque()).append(worker)
+
+    async def take(self, kernel: _Kernel) -> bool:
+        """Serve `kernel` from the pool if it qualifies and a worker is idle."""
+        opts = kernel.options
+        state = self.states.get(opts["profile"])
+        if state is None or opts["filesystem"] or opts["permissions"] or opts["limits"]:
+            return False
+        idle = self.idle.get(opts["profile"])
+        if not idle:
+            state.missed += 1
+            self.refill()
+            return False
+        worker = idle.popleft()
+        state.idle -= 1
+        state.served += 1
+        self._transfer(worker, kernel)
+        self.refill()
+        return True
+
+    def _transfer(self, worker: _Kernel, kernel: _Kernel) -> None:
+        """Move the worker's process, identity and confinement onto the kernel."""
+        for attr in ("pid", "uid", "token", "cgroup_dirs", "proxy", "_exited"):
+            setattr(kernel, attr, getattr(worker, attr))
+        mgr = self.manager
+        mgr.hub.register(kernel.token, kernel.on_message)
+        assert kernel.pid is not None
+        mgr.track_pid(kernel.pid, kernel)
+        env = kernel.build_policy(kernel.uid, kernel.cgroup_dirs).env
+        kernel.send(p.Activate(dict(env)))
+
+    def on_zygote_message(self, msg: Any) -> None:
+        """A pooled worker exited or failed: drop it and start another."""
+        for name, idle in self.idle.items():
+            for worker in list(idle):
+                if worker.pid == getattr(msg, "pid", None):
+                    idle.remove(worker)
+                    self.states[name].idle -= 1
+                    worker.on_zygote_message(msg)
+                    asyncio.ensure_future(worker.kill())
+        self.refill()
+
+    def on_zygote_exit(self) -> None:
+        for name, idle in self.idle.items():
+            self.states[name].idle -= len(idle)
+            for worker in idle:
+                asyncio.ensure_future(worker.kill())
+            idle.clear()
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        workers = [w for idle in self.idle.values() for w in idle]
+        self.idle.clear()
+        await asyncio.gather(*(w.kill() for w in workers), return_exceptions=True)

@@ -1,0 +1,222 @@
+"""Supervisor side of the worker processes: the zygote client and the workers' ZeroMQ hub.
+
+Process model: lives in the manager's process and event loop (the daemon's, or the embedding
+program's). `ZygoteClient` starts the zygote (`kerneld.zygote`) by exec of the runtime
+interpreter with a clean environment and asks it for forks over pipes. `WorkerHub` binds the one
+ROUTER socket every worker connects to; each worker's routing id is its kernel's secret token,
+so a worker can only ever speak for its own kernel.
+
+State: pending fork requests (req id → future); the hub's token → sink map.
+
+Liveness: the zygote reaps workers and reports `Exited`; if the zygote itself dies, every
+worker dies with it (PR_SET_PDEATHSIG) and the client reports that through `on_zygote_exit`.
+
+Failure modes: anything malformed from the zygote or a worker is logged and dropped; it never
+raises into the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from kerneld import protocol as p
+from kerneld.errors import KernelStartError
+
+log = logging.getLogger(__name__)
+
+SOURCE_DIR = str(Path(__file__).resolve().parent.parent)
+_BOOT = ("import sys; sys.path.insert(0, {src!r}); "
+         "from kerneld.zygote import main; main(sys.argv[1:])")
+
+
+class ZygoteClient:
+    """Starts one zygote and turns fork requests into pids."""
+
+    def __init__(self, python: str, preload: list[str], *,
+                 on_message: Callable[[Any], None], on_exit: Callable[[], None]) -> None:
+        self.python, self.preload = python, preload
+        self.on_message, self.on_exit = on_message, on_exit
+        self.proc: asyncio.subprocess.Process | None = None
+        self._pending: dict[int, asyncio.Future[int]] = {}
+        self._next_id = 0
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None and self._reader is not None
+
+    async def ensure_started(self) -> None:
+        async with self._lock:
+            if not self.alive:
+                await self._start()
+
+    async def _start(self) -> None:
+        if not os.path.exists(self.python):
+            raise KernelStartError(f"worker runtime interpreter not found: {self.python} "
+                                   "(run scripts/setup.sh, or set runtime.python in the config)")
+        self.proc = await asyncio.create_subprocess_exec(
+            self.python, "-I", "-c", _BOOT.format(src=SOURCE_DIR), *self.preload,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/",
+            limit=p.MAX_WORKER_MESSAGE)
+        assert self.proc.stdout is not None
+        try:
+            header = await asyncio.wait_for(self.proc.stdout.readexactly(4 + 5), timeout=60)
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
+            if self.proc.returncode is None:
+                self.proc.kill()
+            raise KernelStartError(f"the zygote failed to start ({self.python}); see the "
+                                   "daemon's log for its error") from exc
+        if header[4:] != b"ready":
+            raise KernelStartError(f"the zygote spoke out of turn: {header!r}")
+        self._reader = asyncio.create_task(self._read(self.proc), name="kerneld-zygote-reader")
+        log.info("zygote started pid=%s python=%s preload=%s", self.proc.pid, self.python,
+                 ",".join(self.preload))
+
+    async def fork(self, **fields: Any) -> int:
+        await self.ensure_started()
+        assert self.proc is not None and self.proc.stdin is not None
+        self._next_id += 1
+        req_id = self._next_id
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = future
+        self.proc.stdin.write(p.frame(p.encode(p.ForkRequest(req_id=req_id, **fields))))
+        try:
+            return await asyncio.wait_for(future, timeout=30)
+        finally:
+            self._pending.pop(req_id, None)
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        buffer = bytearray()
+        try:
+            while chunk := await proc.stdout.read(1 << 20):
+                buffer += chunk
+                for payload in p.unframe(buffer):
+                    self._dispatch(payload)
+        except (ValueError, ConnectionError) as exc:
+            log.error("zygote stream broken error=%r", exc)
+        finally:
+            await self._died(proc)
+
+    def _dispatch(self, payload: bytes) -> None:
+        try:
+            msg = p.from_zygote_decoder.decode(payload)
+        except p.DecodeError as exc:
+            log.error("malformed message from zygote error=%s", exc)
+            return
+        if isinstance(msg, p.Forked):
+            future = self._pending.get(msg.req_id)
+            if future is not None and not future.done():
+                if msg.error:
+                    future.set_exception(KernelStartError(msg.error))
+                else:
+                    future.set_result(msg.pid)
+        else:
+            self.on_message(msg)
+
+    async def _died(self, proc: asyncio.subprocess.Process) -> None:
+        if proc.returncode is None:
+            proc.kill()
+        code = await proc.wait()
+        self._reader = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(KernelStartError(f"the zygote exited (code {code})"))
+        if proc is self.proc:
+            log.warning("zygote exited pid=%s code=%s", proc.pid, code)
+            self.on_exit()
+
+    async def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=2)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class WorkerHub:
+    """The ROUTER socket every worker connects to, keyed by secret tokens."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.endpoint = f"ipc://{socket_path}"
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_WORKER_MESSAGE)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.bind(self.endpoint)
+        os.chmod(socket_path, 0o666)  # its directory (0700) is what keeps host users out
+        self.sinks: dict[bytes, Callable[[Any], None]] = {}
+        self._reader = asyncio.create_task(self._read(), name="kerneld-worker-hub")
+
+    def register(self, token: bytes, sink: Callable[[Any], None]) -> None:
+        self.sinks[token] = sink
+
+    def unregister(self, token: bytes) -> None:
+        self.sinks.pop(token, None)
+
+    def send(self, token: bytes, msg: Any) -> None:
+        try:
+            self.sock.send_multipart([token, p.encode(msg)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("send to worker failed error=%s", exc)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                frames = await self.sock.recv_multipart(copy=True)
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.ETERM or self.sock.closed:
+                    return
+                log.error("worker hub recv failed error=%s", exc)
+                continue
+            except asyncio.CancelledError:
+                return
+            if len(frames) != 2:
+                continue
+            sink = self.sinks.get(frames[0])
+            if sink is None:
+                continue
+            try:
+                msg = p.from_worker_decoder.decode(frames[1])
+            except p.DecodeError as exc:
+                log.warning("malformed message from a worker dropped error=%s", exc)
+                continue
+            try:
+                sink(msg)
+            except Exception:
+                log.exception("worker message handler failed")
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+        self.sock.close(linger=0)
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+
+
+def runtime_python_default() -> str:
+    """The worker runtime interpreter: $KERNELD_RUNTIME_PYTHON, else the setup's prefix."""
+    return os.environ.get("KERNELD_RUNTIME_PYTHON", "/opt/kerneld/runtime/bin/python")
+
+
+__all__ = ["ZygoteClient", "WorkerHub", "runtime_python_default", "SOURCE_DIR"]

@@ -1,0 +1,196 @@
+"""The zygote: a warm, single-threaded Python that forks one worker per kernel.
+
+Process model: started by the manager as `runtime-python -I -c <boot>` with a clean environment
+(never a fork of the manager, which holds sockets, threads and secrets). It imports IPython, the
+engine, the worker and the configured preload modules (numpy, matplotlib, …), warms a shell,
+calls `gc.freeze()` so forked children share those pages, and then only forks.
+No ZeroMQ context, socket or thread ever exists here (the `zmq` module is imported, so that
+workers need not load it, but nothing of it is instantiated).
+
+State: the map of live children (pid → boot-status pipe). Nothing else.
+
+Protocol (stdin → stdout, 4-byte length + msgpack, see `kerneld.protocol`):
+    ForkRequest → Forked{pid | error}
+    later, unprompted: BootFailed{pid, message} (the child could not confine itself; it exits
+    with EXIT_SANDBOX), Exited{pid, exit_code, signal} (reaped).
+
+Liveness: PR_SET_PDEATHSIG ties the zygote to the manager and every worker to the zygote, so
+killing the manager (even with SIGKILL) takes the whole tree down. The manager restarts a
+zygote that died.
+
+Failure modes: a child that fails before it runs user code writes one line on its boot-status
+pipe and exits with a reserved code; the zygote never runs user code itself.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import select
+import signal
+import sys
+import tempfile
+import traceback
+from typing import Any
+
+EXIT_SANDBOX = 70   # the child could not apply its sandbox: never respawn automatically
+EXIT_BOOT = 71      # the child failed after confinement but before serving
+
+
+def _write(payload: bytes) -> None:
+    from kerneld import protocol as p
+    data = p.frame(payload)
+    while data:
+        n = os.write(1, data)
+        data = data[n:]
+
+
+def _preload(modules: list[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a missing optional module must not stop the zygote
+            print(f"zygote: preload failed module={name} error={exc!r}", file=sys.stderr)
+
+
+class Zygote:
+    """Fork server. `serve()` never returns; it exits when the manager closes stdin."""
+
+    def __init__(self, preload: list[str]) -> None:
+        os.environ.setdefault("IPYTHONDIR", tempfile.mkdtemp(prefix="kerneld-ipython-"))
+        os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        import msgspec
+        import zmq  # noqa: F401  (imported for the workers; never instantiated here)
+
+        import sandbox
+        from kerneld import kernel, protocol, worker  # noqa: F401
+        self.sandbox = sandbox
+        self.protocol = protocol
+        self.worker = worker
+        self.msgspec = msgspec
+        _preload(preload)
+        self.engine = kernel.Engine()
+        self.engine.warm()
+        self.children: dict[int, int] = {}   # boot-status read fd → pid
+        self.devnull = os.open(os.devnull, os.O_RDWR)
+        gc.collect()
+        gc.freeze()
+
+    def serve(self) -> None:
+        p = self.protocol
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        buffer = bytearray()
+        while True:
+            try:
+                ready, _, _ = select.select([0, wake_r, *self.children], [], [])
+            except InterruptedError:
+                continue
+            if wake_r in ready:
+                while True:
+                    try:
+                        if not os.read(wake_r, 512):
+                            break
+                    except BlockingIOError:
+                        break
+                self._reap()
+            for fd in ready:
+                if fd in self.children:
+                    self._boot_status(fd)
+            if 0 in ready:
+                chunk = os.read(0, 1 << 20)
+                if not chunk:
+                    os._exit(0)  # the manager went away
+                buffer += chunk
+                for payload in p.unframe(buffer):
+                    self._fork(p.fork_request_decoder.decode(payload))
+
+    def _reap(self) -> None:
+        p = self.protocol
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            exit_code, sig = (code, None) if code >= 0 else (None, -code)
+            _write(p.encode(p.Exited(pid, exit_code, sig)))
+
+    def _boot_status(self, fd: int) -> None:
+        pid = self.children.pop(fd)
+        try:
+            message = os.read(fd, 8192).decode("utf-8", "replace")
+        finally:
+            os.close(fd)
+        if message:
+            _write(self.protocol.encode(self.protocol.BootFailed(pid, message)))
+
+    def _fork(self, req: Any) -> None:
+        p = self.protocol
+        try:
+            policy = self.msgspec.convert(req.policy, self.sandbox.Policy) if req.confine else None
+        except self.msgspec.ValidationError as exc:
+            _write(p.encode(p.Forked(req.req_id, error=f"invalid policy: {exc}")))
+            return
+        status_r, status_w = os.pipe()
+        try:
+            pid = self.sandbox.fork(policy) if policy is not None else os.fork()
+        except OSError as exc:
+            os.close(status_r)
+            os.close(status_w)
+            _write(p.encode(p.Forked(req.req_id, error=f"fork failed: {exc}")))
+            return
+        if pid == 0:
+            os.close(status_r)
+            self._child(req, policy, status_w)
+        os.close(status_w)
+        self.children[status_r] = pid
+        _write(p.encode(p.Forked(req.req_id, pid=pid)))
+
+    def _child(self, req: Any, policy: Any, status_w: int) -> None:
+        """In the new worker: confine, then serve. Never returns."""
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.dup2(self.devnull, 0)
+            os.dup2(self.devnull, 1)
+            import prctl
+            prctl.set_pdeathsig(signal.SIGKILL)
+            if policy is not None:
+                self.sandbox.apply(policy, keep_fds=(status_w,))
+            else:
+                os.environ.clear()
+                os.environ.update(req.env)
+                if req.cwd:
+                    os.chdir(req.cwd)
+            os.close(status_w)
+        except BaseException as exc:  # report, never run user code half-confined
+            try:
+                os.write(status_w, f"{type(exc).__name__}: {exc}".encode()[:8000])
+            finally:
+                os._exit(EXIT_SANDBOX)
+        code = 0
+        try:
+            self.worker.main(self.engine, req.token, req.endpoint)
+        except BaseException:
+            traceback.print_exc()
+            code = EXIT_BOOT
+        os._exit(code)
+
+
+def main(argv: list[str]) -> None:
+    """Entry point: argv = [preload module, ...]."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import prctl
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() == 1:  # the manager died before we armed the death signal
+        os._exit(1)
+    zygote = Zygote(argv)
+    _write(b"ready")
+    zygote.serve()

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Set up everything kerneld needs on a fresh Debian 12 machine, idempotently:
+#   1. Debian packages (libcap-dev for python-prctl, libseccomp2, python3-venv, iproute2)
+#   2. the daemon's environment: .venv/ at the repository root (kerneld installed editable)
+#   3. the worker runtime: a world-readable prefix (default /opt/kerneld/runtime) that the
+#      kernels' unprivileged uids can read; rebuilt when runtime-requirements.txt changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${KERNELD_BASE_PYTHON:-/usr/bin/python3}
+RUNTIME=${KERNELD_RUNTIME:-/opt/kerneld/runtime}
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+need_pkgs=()
+for p in libcap-dev libseccomp2 python3-venv python3-dev iproute2 gcc; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    log "installing Debian packages: ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+stamp_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+venv_stamp=$(stamp_of pyproject.toml)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.kerneld-stamp 2>/dev/null)" != "$venv_stamp" ]; then
+    log "building the daemon environment in .venv/"
+    [ -x .venv/bin/python ] || "$PY" -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e ".[dev]"
+    echo "$venv_stamp" > .venv/.kerneld-stamp
+fi
+
+rt_stamp=$(stamp_of runtime-requirements.txt)
+if [ ! -x "$RUNTIME/bin/python" ] || [ "$(cat "$RUNTIME/.kerneld-stamp" 2>/dev/null)" != "$rt_stamp" ]; then
+    log "building the worker runtime in $RUNTIME"
+    rm -rf "$RUNTIME.new"
+    mkdir -p "$(dirname "$RUNTIME")"
+    "$PY" -m venv "$RUNTIME.new"
+    "$RUNTIME.new/bin/pip" install -q --upgrade pip
+    "$RUNTIME.new/bin/pip" install -q -r runtime-requirements.txt
+    # a venv's scripts name their own path: rebuild in place would be cleaner, but the
+    # interpreter only needs pyvenv.cfg, which holds no path of the build folder.
+    rm -rf "$RUNTIME"
+    mv "$RUNTIME.new" "$RUNTIME"
+    sed -i "s#$RUNTIME.new#$RUNTIME#g" "$RUNTIME"/bin/* 2>/dev/null || true
+    echo "$rt_stamp" > "$RUNTIME/.kerneld-stamp"
+    chmod -R a+rX "$(dirname "$RUNTIME")"
+fi
+log "ready: daemon env $ROOT/.venv, worker runtime $RUNTIME"
