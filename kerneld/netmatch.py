@@ -241,30 +241,32 @@ def _first(rules: Rules, pred: Callable[[NetRule], bool]) -> NetRule | None:
     return next((r for r in rules if pred(r)), None)
 
 
-def check_address(allow: Rules, deny: Sequence[NetRule], addr: IPAddress, port: int,
+def check_address(rules: Rules, deny_rules: Sequence[NetRule], addr: IPAddress, port: int,
                   *, by_name: bool) -> Decision:
     """Decide one concrete address. `by_name` says the address came from resolving a name
     that a hostname rule allowed; otherwise the address was asked for literally."""
-    addr = parse_ip(str(addr)) or addr
-    hit = _first(deny, lambda r: r.matches_addr(addr, port))
+    folded = parse_ip(str(addr))  # IPv4-mapped IPv6 is checked as the IPv4 it reaches
+    addr = addr if folded is None else folded
+    hit = _first(deny_rules, lambda r: r.matches_addr(addr, port))
     if hit is not None:
         return Decision(False, f"{addr} denied by rule {hit}")
-    rule = _first(allow, lambda r: r.matches_addr(addr, port))
+    rule = _first(rules, lambda r: r.matches_addr(addr, port))
     kind = special_kind(addr)
     if kind is not None:
         if rule is not None and rule.names_special():
             return Decision(True, f"{kind} address {addr} allowed by rule {rule}")
-        return Decision(False, f"{kind} address {addr} needs an explicit IP/CIDR rule")
+        return Decision(False, f"{kind} address {addr} port {port} is not named by an "
+                               "IP/CIDR rule")
     if by_name:
         return Decision(True, f"{addr} resolved from an allowed name")
-    if allow == ALL:
+    if rules == ALL:
         return Decision(True, "all public destinations allowed")
     if rule is not None:
         return Decision(True, f"allowed by rule {rule}")
     return Decision(False, f"no IP/CIDR rule allows {addr}:{port} (hostname rules never do)")
 
 
-def allowed(allow: Rules, deny: Sequence[NetRule], host: str, port: int) -> Decision:
+def allowed(rules: Rules, deny_rules: Sequence[NetRule], host: str, port: int) -> Decision:
     """The check made on the destination as the client named it, before any DNS.
 
     An IP literal is decided completely here. A hostname that passes still has each resolved
@@ -278,14 +280,14 @@ def allowed(allow: Rules, deny: Sequence[NetRule], host: str, port: int) -> Deci
     except RuleError as e:
         return Decision(False, str(e))
     if addr is not None:
-        return check_address(allow, deny, addr, port, by_name=False)
+        return check_address(rules, deny_rules, addr, port, by_name=False)
     assert name is not None
-    hit = _first(deny, lambda r: r.matches_name(name, port))
+    hit = _first(deny_rules, lambda r: r.matches_name(name, port))
     if hit is not None:
         return Decision(False, f"denied by rule {hit}")
-    if allow == ALL:
+    if rules == ALL:
         return Decision(True, "all hostnames allowed")
-    rule = _first(allow, lambda r: r.matches_name(name, port))
+    rule = _first(rules, lambda r: r.matches_name(name, port))
     if rule is None:
         return Decision(False, f"no rule allows {name}:{port}")
     return Decision(True, f"allowed by rule {rule}")

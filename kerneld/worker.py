@@ -82,7 +82,11 @@ class _IO(threading.Thread):
         os.write(self.wake_w, b"x")
 
     def begin(self, exec_id: str, output_limit: int) -> None:
-        self.send(("begin", exec_id, output_limit))
+        """Start attributing output to `exec_id`; returns once the I/O thread has switched,
+        so every byte the cell writes is counted against its own output limit."""
+        switched = threading.Event()
+        self.send(("begin", exec_id, output_limit, switched))
+        switched.wait()
 
     def sync(self) -> None:
         """Wait until everything written to fds 1/2 so far has been sent."""
@@ -173,8 +177,9 @@ class _IO(threading.Thread):
             _flush_python_streams()
             self._drain_pipes()
             if isinstance(item, tuple):
-                _, self.exec_id, self.limit = item
+                _, self.exec_id, self.limit, switched = item
                 self.written, self.truncated = 0, False
+                switched.set()
             self._emit_streams()
             if isinstance(item, _Barrier):
                 item.done.set()

@@ -10,12 +10,27 @@ Paths are absolute host paths, already resolved (symlinks followed) by whoever b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
 
 ALL: Literal["*"] = "*"
 
 Enforcement = Literal["strict", "best-effort"]
+
+# `sys` kinds a policy may grant, and the paths (inside the kernel's view) each one exposes.
+# Deno's names are accepted as aliases. "hostname" exposes no path: it keeps the host's name
+# instead of `Policy.hostname` in the kernel's UTS namespace.
+SYS_KINDS: dict[str, tuple[str, ...]] = {
+    "hostname": (),
+    "loadavg": ("/proc/loadavg",),
+    "meminfo": ("/proc/meminfo",),
+    "systemMemoryInfo": ("/proc/meminfo",),
+    "cpus": ("/proc/cpuinfo", "/proc/stat", "/sys/devices/system/cpu"),
+    "uptime": ("/proc/uptime",),
+    "osUptime": ("/proc/uptime",),
+    "version": ("/proc/version", "/proc/sys/kernel/osrelease"),
+    "osRelease": ("/proc/version", "/proc/sys/kernel/osrelease"),
+}
 
 
 @dataclass(frozen=True)
@@ -94,3 +109,38 @@ class Policy:
     env: tuple[tuple[str, str], ...] = ()
     enforcement: Enforcement = "strict"
     ffi: bool = False
+
+
+def to_dict(policy: Policy) -> dict[str, Any]:
+    """A plain dict (str/int/list/dict only) of `policy`, for msgpack/JSON between processes."""
+    return asdict(policy)
+
+
+def _tuple(value: Any) -> Any:
+    return value if value == ALL else tuple(value)
+
+
+def from_dict(data: dict[str, Any]) -> Policy:
+    """Inverse of `to_dict`; unknown keys are errors (a typo must not widen or drop a rule)."""
+    known = {f.name for f in fields(Policy)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown Policy keys: {sorted(unknown)}")
+    kw: dict[str, Any] = dict(data)
+    for name in ("read", "write", "exec_paths", "sys"):
+        if name in kw:
+            kw[name] = _tuple(kw[name])
+    for name in ("deny_read", "deny_write", "system_paths", "cgroup_dirs"):
+        if name in kw:
+            kw[name] = tuple(kw[name])
+    if "net" in kw:
+        kw["net"] = NetPolicy(**kw["net"])
+    if "limits" in kw:
+        kw["limits"] = Limits(**kw["limits"])
+    if "mounts" in kw:
+        kw["mounts"] = tuple(Mount(**m) for m in kw["mounts"])
+    if "bind_files" in kw:
+        kw["bind_files"] = tuple((str(a), str(b)) for a, b in kw["bind_files"])
+    if "env" in kw:
+        kw["env"] = tuple((str(a), str(b)) for a, b in kw["env"])
+    return Policy(**kw)
