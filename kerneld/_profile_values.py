@@ -15,24 +15,26 @@ import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from sandbox.policy import ALL
 
 from .errors import ProfileError
 from .netmatch import NetRule, RuleError
 
-Grant = Union[tuple[str, ...], Literal["*"]]
+Grant = tuple[str, ...] | Literal["*"]
 DEFAULT_RUNTIME_PREFIX = "/opt/kerneld/runtime"
 DEFAULT_MOUNT_POINT = "/home/kernel"
 REQUEST = "request"  # the label request errors cite instead of a file name
 
-# Deno's `sys` kinds → the view the sandbox can grant (None: always visible to any process,
-# e.g. getuid(), so granting it changes nothing; accepted so Deno lists can be pasted).
+# Deno's `sys` kinds → the kind named in `Policy.sys` (each a key of `sandbox.policy.SYS_KINDS`,
+# which says which /proc and /sys files it exposes). None: always visible to any process (e.g.
+# getuid()), so granting it changes nothing; accepted so that Deno lists can be pasted.
+# `networkInterfaces` is refused: the kernel's netns holds only `lo`, and netlink is not allowed.
 SYS_KINDS: Mapping[str, str | None] = {
-    "hostname": "hostname", "osRelease": "osRelease", "osUptime": "uptime",
-    "uptime": "uptime", "loadavg": "loadavg", "systemMemoryInfo": "meminfo",
-    "meminfo": "meminfo", "cpus": "cpus", "networkInterfaces": "networkInterfaces",
+    "hostname": "hostname", "osRelease": "osRelease", "version": "osRelease",
+    "osUptime": "uptime", "uptime": "uptime", "loadavg": "loadavg",
+    "systemMemoryInfo": "meminfo", "meminfo": "meminfo", "cpus": "cpus",
     "uid": None, "gid": None, "username": None, "homedir": None, "userInfo": None,
     "getPriority": None, "setPriority": None, "statfs": None,
 }
@@ -49,7 +51,7 @@ def parse_size(value: object) -> int:
     `"100MB"`/`"100kB"` (powers of 1000, as the SI unit says), `"123"`/`"123B"`.
     Raises ValueError; bools are refused (TOML `true` is not a size)."""
     if isinstance(value, bool):
-        raise ValueError("a boolean is not a size")
+        raise ValueError("a boolean is not a size")  # noqa: TRY004 - one error type for callers
     if isinstance(value, int):
         if value < 0:
             raise ValueError("negative size")
@@ -319,7 +321,8 @@ def parse_filesystem(label: str, table: object, base: FilesystemSpec, *,
             out[key] = os.path.realpath(text)
         else:
             mp = string(where, value)
-            if not os.path.isabs(mp) or "\0" in mp or os.path.normpath(mp) != mp.rstrip("/"):
+            if not os.path.isabs(mp) or "\0" in mp or os.path.normpath(mp) != (mp.rstrip("/")
+                                                                           or "/"):
                 raise fail(where, f"expected a normalised absolute path, got {value!r}")
             out[key] = os.path.normpath(mp)
     return replace(base, **out)

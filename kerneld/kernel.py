@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import builtins
 import getpass
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -104,7 +105,7 @@ class _Shell(InteractiveShell):  # type: ignore[misc]
 def _shell_config() -> Config:
     config = Config()
     config.HistoryManager.enabled = False       # no sqlite file; kernels are ephemeral
-    config.InteractiveShell.colors = "NoColor"  # plain traceback lines
+    config.InteractiveShell.colors = "nocolor"  # plain traceback lines
     config.InteractiveShell.autocall = 0
     config.InteractiveShell.xmode = "Context"
     return config
@@ -122,6 +123,8 @@ class Engine:
         self.shell.display_pub.engine = self
         self.shell.displayhook.engine = self
         self.shell._showtraceback = self._showtraceback
+        self._full_showtraceback = self.shell.showtraceback
+        self.shell.showtraceback = self._showtraceback_fast_interrupts
         self.emit: Emit = lambda _type, _data: None
         self.flush_streams: Callable[[], None] = lambda: None
         self.request_input: RequestInput | None = None
@@ -162,6 +165,23 @@ class Engine:
             self.last_error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
         count = result.execution_count
         return ("error" if failed else "ok", count, self.last_result, self.last_error)
+
+    def _showtraceback_fast_interrupts(self, exc_tuple: Any = None, *args: Any,
+                                       **kwargs: Any) -> None:
+        """An interrupt is reported with a plain traceback: the rich one parses the source
+        of every file on the stack (100+ ms the first time a numpy frame shows up), and an
+        interrupt must land within 100 ms."""
+        etype = (exc_tuple or sys.exc_info())[0]
+        tb = self.shell.InteractiveTB
+        if etype is None or not issubclass(etype, KeyboardInterrupt):
+            self._full_showtraceback(exc_tuple, *args, **kwargs)
+            return
+        mode = tb.mode
+        tb.set_mode("Plain")
+        try:
+            self._full_showtraceback(exc_tuple, *args, **kwargs)
+        finally:
+            tb.set_mode(mode)
 
     def _showtraceback(self, etype: type[BaseException], evalue: BaseException,
                        stb: list[str]) -> None:

@@ -84,6 +84,13 @@ class KernelManager:
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name="kerneld-lifecycle")
         await self._zygote.ensure_started()
+        if self.config.pool_size and not self.pool.states:
+            self.pool.configure()
+
+    async def start(self) -> None:
+        """Start the zygote, the worker socket and the warm pool now rather than on the first
+        `create_kernel` (the daemon calls this before it reports READY)."""
+        await self._ensure_infrastructure()
 
     @property
     def hub(self) -> WorkerHub:

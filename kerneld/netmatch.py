@@ -32,13 +32,13 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 RuleKind = Literal["host", "wildcard", "ip", "cidr"]
 ALL: Literal["*"] = "*"
-Rules = Union[Sequence["NetRule"], Literal["*"]]
+Rules = Sequence["NetRule"] | Literal["*"]
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
@@ -190,8 +190,7 @@ def normalise_hostname(name: str) -> str:
     numeric (`127.1`, `0x7f.1`, `2130706433`) are refused: resolvers treat them as IPv4
     literals, which would let a "hostname" smuggle an address past the rules."""
     name = name.lower()
-    if name.endswith("."):
-        name = name[:-1]
+    name = name.removesuffix(".")
     if not name or len(name) > 253:
         raise RuleError(f"{name!r} is not a valid hostname")
     labels = name.split(".")

@@ -52,8 +52,17 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from .netmatch import (
-    ALL, Decision, IPAddress, NetRule, RuleError, Rules, allowed, check_address, parse_ip,
-    parse_port, parse_rules,
+    ALL,
+    Decision,
+    IPAddress,
+    NetRule,
+    RuleError,
+    Rules,
+    allowed,
+    check_address,
+    parse_ip,
+    parse_port,
+    parse_rules,
 )
 
 __all__ = ["KernelProxy", "ProxyStats", "Resolver"]

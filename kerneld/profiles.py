@@ -39,16 +39,31 @@ from . import _profile_values as v
 from ._profile_narrow import narrow_limits, narrow_permissions
 from ._profile_report import render_report
 from ._profile_values import (
-    DEFAULT_RUNTIME_PREFIX, REQUEST, SYS_KINDS, FilesystemSpec, Grant, ProfileLimits,
+    DEFAULT_RUNTIME_PREFIX,
+    REQUEST,
+    SYS_KINDS,
+    FilesystemSpec,
+    Grant,
+    ProfileLimits,
     parse_size,
 )
 from .errors import PermissionDenied, ProfileError
 from .netmatch import NetRule, Rules, parse_rules
 
 __all__ = [
-    "Profile", "ProfileLimits", "FilesystemSpec", "ProfileError", "PermissionDenied",
-    "load_profile", "parse_profile", "available_profiles", "packaged_profiles_dir",
-    "parse_size", "profile_report", "SYS_KINDS", "DEFAULT_RUNTIME_PREFIX",
+    "DEFAULT_RUNTIME_PREFIX",
+    "SYS_KINDS",
+    "FilesystemSpec",
+    "PermissionDenied",
+    "Profile",
+    "ProfileError",
+    "ProfileLimits",
+    "available_profiles",
+    "load_profile",
+    "packaged_profiles_dir",
+    "parse_profile",
+    "parse_size",
+    "profile_report",
 ]
 
 log = logging.getLogger(__name__)

@@ -209,6 +209,26 @@ def capset_empty() -> None:
     _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
+# --- seccomp ---------------------------------------------------------------------------------
+
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_load_bpf(bpf: bytes) -> None:
+    """Install a classic-BPF seccomp program (an array of 8-byte struct sock_filter)."""
+    if not bpf or len(bpf) % 8:
+        raise ValueError("seccomp: BPF program must be a non-empty array of 8-byte insns")
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(len(bpf) // 8, ctypes.addressof(buf))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0),
+           "PR_SET_SECCOMP")
+
+
 # --- Landlock --------------------------------------------------------------------------------
 
 class _PathBeneathAttr(ctypes.Structure):
