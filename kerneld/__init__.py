@@ -5,6 +5,8 @@ Public surface only; everything else is internal. See README.md and docs/.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from kerneld.errors import (DaemonUnavailable, InternalError, InvalidArgument, KernelError,
                             KernelNotFound, KernelStartError, LimitExceeded, PermissionDenied,
                             ProfileError, SandboxUnavailable)
@@ -15,17 +17,26 @@ from kerneld.protocol import ExecutionResult, KernelEvent
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from kerneld.client import AsyncClient, Client
 
-def connect(address: str | None = None, **kwargs: object) -> "Client":  # noqa: F821
-    """A synchronous client of a running daemon (see kerneld.client.Client)."""
+
+def connect(address: str | None = None, **options: Any) -> Client:
+    """A synchronous client of a running daemon, connected (see `kerneld.client.Client`).
+
+    `address` defaults to `$KERNELD_ADDRESS`, else the daemon's default endpoint. Options:
+    `timeout`, `connect_timeout`, and CURVE keys for tcp (`server_key`, `public_key`,
+    `secret_key`). Raises `DaemonUnavailable` (naming the address) if no daemon answers.
+    """
     from kerneld.client import Client
-    return Client(address, **kwargs)  # type: ignore[arg-type]
+    return Client(address, **options)
 
 
-def connect_async(address: str | None = None, **kwargs: object) -> "AsyncClient":  # noqa: F821
-    """An asyncio client of a running daemon (see kerneld.client.AsyncClient)."""
+def connect_async(address: str | None = None, **options: Any) -> AsyncClient:
+    """An asyncio client of a running daemon (see `kerneld.client.AsyncClient`); it connects
+    on first use, or use `async with connect_async() as client:`."""
     from kerneld.client import AsyncClient
-    return AsyncClient(address, **kwargs)  # type: ignore[arg-type]
+    return AsyncClient(address, **options)
 
 
 __all__ = [

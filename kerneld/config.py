@@ -1,13 +1,25 @@
 """Configuration, declared once and immutable (frozen dataclasses).
 
 `ManagerConfig` is what a `KernelManager` needs, embedded or in the daemon. The daemon's own
-settings wrap it (see `DaemonConfig`, loaded with precedence defaults < TOML < env < CLI).
+settings wrap it: `DaemonConfig`, loaded by `load_daemon_config` with precedence
+defaults < TOML file < `KERNELD_*` environment < command line. Every key is declared once (in
+`_KEYS`) with its parser, so all three sources are validated by the same code and every error
+names where the bad value came from: `file:table.key`, `env:KERNELD_X` or `command line:table.key`.
+Unknown tables and keys in a file are errors. docs/configuration.md lists every key.
 """
 
 from __future__ import annotations
 
+import grp
+import math
 import os
-from dataclasses import dataclass, field
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kerneld.errors import InvalidArgument
 
 
 def _default_runtime_python() -> str:
@@ -45,3 +57,430 @@ class ManagerConfig:
     stall_grace: float = 2.0
     max_kernels: int = 2000
     runtime_dir: str | None = None
+
+
+# =========================================================================== the daemon's config
+
+SYSTEM_ADDRESS = "ipc:///run/kerneld/kerneld.sock"
+DEFAULT_PROFILE_DIRS = ("/etc/kerneld/profiles",)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(InvalidArgument):
+    """A configuration value is wrong; the message starts with `file:table.key` (or
+    `env:NAME`, or the command-line option)."""
+
+
+def user_address(uid: int | None = None) -> str:
+    """The per-user endpoint: `$XDG_RUNTIME_DIR/kerneld/kerneld.sock`, else
+    `/tmp/kerneld-$UID/kerneld.sock`."""
+    uid = os.geteuid() if uid is None else uid
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return f"ipc://{runtime}/kerneld/kerneld.sock"
+    return f"ipc:///tmp/kerneld-{uid}/kerneld.sock"
+
+
+def default_address() -> str:
+    """Where a daemon listens by default: the system socket as root, else the user's."""
+    return SYSTEM_ADDRESS if os.geteuid() == 0 else user_address()
+
+
+def client_default_address() -> str:
+    """Where a client looks without `address`/`$KERNELD_ADDRESS`: the user's own daemon if its
+    socket exists, else the system daemon if its socket exists, else `default_address()`."""
+    if os.geteuid() != 0:
+        mine = user_address()
+        if os.path.exists(mine[len("ipc://"):]):
+            return mine
+        if os.path.exists(SYSTEM_ADDRESS[len("ipc://"):]):
+            return SYSTEM_ADDRESS
+    return default_address()
+
+
+def _daemon_manager_defaults() -> ManagerConfig:
+    return ManagerConfig(allow_in_process=False, profile_dirs=DEFAULT_PROFILE_DIRS)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Settings of `kerneld serve` (docs/configuration.md lists every key).
+
+    address: the local endpoint (`ipc://PATH`; `tcp://` only with CURVE keys).
+    tcp_address: an optional second, CURVE-authenticated `tcp://HOST:PORT` endpoint.
+    socket_group / socket_mode: owner group and mode of the ipc socket file.
+    log_level: debug | info | warning | error.
+    shutdown_grace: seconds SIGTERM waits for running executions before ending them.
+    curve_secret_key_file: the server's CURVE certificate (zmq.auth format) for tcp.
+    allowed_client_keys: CURVE public keys (Z85, or certificate files/dirs) allowed over tcp.
+    manager: the `ManagerConfig` of the daemon's KernelManager ([runtime], [profiles],
+    [kernels], [pool]).
+    source: the file this was loaded from, if any.
+    """
+
+    address: str = field(default_factory=default_address)
+    tcp_address: str | None = None
+    socket_group: str | None = None
+    socket_mode: int = 0o660
+    log_level: str = "info"
+    shutdown_grace: float = 10.0
+    curve_secret_key_file: str | None = None
+    allowed_client_keys: tuple[str, ...] = ()
+    manager: ManagerConfig = field(default_factory=_daemon_manager_defaults)
+    source: str | None = None
+
+    @property
+    def needs_curve(self) -> bool:
+        return self.tcp_address is not None or self.address.startswith("tcp://")
+
+
+# --------------------------------------------------------------------------- value parsers
+Parser = Callable[[str, Any], Any]
+
+
+def _fail(where: str, message: str) -> ConfigError:
+    return ConfigError(f"{where}: {message}")
+
+
+def _string(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(where, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _opt_string(where: str, value: Any) -> str | None:
+    return None if value == "" else _string(where, value)
+
+
+def _abs_path(where: str, value: Any) -> str:
+    path = os.path.expanduser(_string(where, value))
+    if not os.path.isabs(path):
+        raise _fail(where, f"expected an absolute path, got {value!r}")
+    return path
+
+
+def _opt_path(where: str, value: Any) -> str | None:
+    return None if value == "" else _abs_path(where, value)
+
+
+def _address(where: str, value: Any) -> str:
+    text = _string(where, value)
+    if text.startswith("ipc://"):
+        if not os.path.isabs(text[6:]):
+            raise _fail(where, f"an ipc address needs an absolute path: {text!r}")
+        return text
+    if text.startswith("tcp://"):
+        return _tcp(where, text)
+    raise _fail(where, f"expected ipc:///path or tcp://host:port, got {text!r}")
+
+
+def _tcp(where: str, value: Any) -> str:
+    text = _string(where, value)
+    if not re.match(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.*-]+):[0-9]{1,5}$", text):
+        raise _fail(where, f"expected tcp://host:port, got {value!r}")
+    return text
+
+
+def _opt_tcp(where: str, value: Any) -> str | None:
+    return None if value == "" else _tcp(where, value)
+
+
+def _group(where: str, value: Any) -> str | None:
+    if value == "" or value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    name = _string(where, value)
+    if not name.isdigit():
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            raise _fail(where, f"no such group {name!r}") from None
+    return name
+
+
+def _mode(where: str, value: Any) -> int:
+    if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value):
+        value = int(value.replace("o", ""), 8)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise _fail(where, f"expected a file mode such as 0o660 or \"0660\", got {value!r}")
+    if value & 0o007:
+        raise _fail(where, f"the socket must not be usable by others (mode {value:#o})")
+    return value
+
+
+def _level(where: str, value: Any) -> str:
+    text = str(value).lower() if isinstance(value, str) else value
+    if text not in LOG_LEVELS:
+        raise _fail(where, f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return str(text)
+
+
+def _number(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(where, f"expected a number, got {value!r}")
+    if value < 0:
+        raise _fail(where, f"expected a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _timeout(where: str, value: Any) -> float | None:
+    return _number(where, value) or None  # 0 disables
+
+
+def _int(minimum: int) -> Parser:
+    def parse(where: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _fail(where, f"expected an integer >= {minimum}, got {value!r}")
+        return value
+    return parse
+
+
+def _bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(where, f"expected true or false, got {value!r}")
+    return value
+
+
+def _list(item: Parser) -> Parser:
+    def parse(where: str, value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _fail(where, f"expected a list, got {value!r}")
+        return tuple(item(f"{where}[{i}]", x) for i, x in enumerate(value))
+    return parse
+
+
+def _module(where: str, value: Any) -> str:
+    name = _string(where, value)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
+        raise _fail(where, f"not a module name: {name!r}")
+    return name
+
+
+def _profile(where: str, value: Any) -> str:
+    name = _string(where, value)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name):
+        raise _fail(where, f"not a profile name: {name!r}")
+    return name
+
+
+def _uid_range(where: str, value: Any) -> tuple[int, int]:
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in value)):
+        raise _fail(where, f"expected [first, last] uids, got {value!r}")
+    first, last = value
+    if not 1000 <= first <= last < 2**32 - 1:
+        raise _fail(where, f"expected 1000 <= first <= last < 4294967295, got {value!r}")
+    return (first, last)
+
+
+def _client_key(where: str, value: Any) -> str:
+    text = _string(where, value)
+    if len(text) == 40 and "/" not in text:
+        return text
+    path = _abs_path(where, text)
+    if not os.path.exists(path):
+        raise _fail(where, f"expected a Z85 public key (40 characters) or an existing "
+                           f"certificate file or directory, got {value!r}")
+    return path
+
+
+# --------------------------------------------------------------------------- the key table
+
+@dataclass(frozen=True)
+class _Key:
+    target: str      # "daemon" (DaemonConfig field) or "manager" (ManagerConfig field)
+    field: str
+    parse: Parser
+    env: str         # how an environment string is read: str, int, float, bool, list, range
+
+
+_KEYS: dict[str, dict[str, _Key]] = {
+    "daemon": {
+        "address": _Key("daemon", "address", _address, "str"),
+        "tcp_address": _Key("daemon", "tcp_address", _opt_tcp, "str"),
+        "socket_group": _Key("daemon", "socket_group", _group, "str"),
+        "socket_mode": _Key("daemon", "socket_mode", _mode, "str"),
+        "log_level": _Key("daemon", "log_level", _level, "str"),
+        "shutdown_grace": _Key("daemon", "shutdown_grace", _number, "float"),
+        "curve_secret_key_file": _Key("daemon", "curve_secret_key_file", _opt_path, "str"),
+        "allowed_client_keys": _Key("daemon", "allowed_client_keys", _list(_client_key),
+                                    "list"),
+    },
+    "runtime": {
+        "python": _Key("manager", "runtime_python", _abs_path, "str"),
+        "preload": _Key("manager", "preload", _list(_module), "list"),
+    },
+    "profiles": {
+        "dirs": _Key("manager", "profile_dirs", _list(_abs_path), "list"),
+        "default": _Key("manager", "default_profile", _profile, "str"),
+    },
+    "kernels": {
+        "allow_in_process": _Key("manager", "allow_in_process", _bool, "bool"),
+        "confine": _Key("manager", "confine", _bool, "bool"),
+        "uid_range": _Key("manager", "uid_range", _uid_range, "range"),
+        "max_kernels": _Key("manager", "max_kernels", _int(1), "int"),
+        "inactivity_timeout": _Key("manager", "inactivity_timeout", _timeout, "float"),
+        "max_execution_time": _Key("manager", "max_execution_time", _timeout, "float"),
+        "stall_grace": _Key("manager", "stall_grace", _number, "float"),
+    },
+    "pool": {
+        "size": _Key("manager", "pool_size", _int(0), "int"),
+        "profiles": _Key("manager", "pool_profiles", _list(_profile), "list"),
+    },
+}
+
+
+def env_name(table: str, key: str) -> str:
+    """`[daemon] address` → KERNELD_ADDRESS; `[pool] size` → KERNELD_POOL_SIZE."""
+    return f"KERNELD_{key.upper()}" if table == "daemon" else f"KERNELD_{table}_{key}".upper()
+
+
+def _from_env(where: str, kind: str, text: str) -> Any:
+    """Turn an environment string into the value TOML would have given."""
+    text = text.strip()
+    try:
+        if kind == "int":
+            return int(text, 0)
+        if kind == "float":
+            return float(text)
+        if kind == "bool":
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind == "list":
+            return [x.strip() for x in text.split(",") if x.strip()]
+        if kind == "range":
+            return [int(x, 0) for x in re.split(r"[-,:]", text, maxsplit=1)]
+    except ValueError:
+        raise _fail(where, f"cannot read {text!r} as {kind}") from None
+    return text
+
+
+def load_daemon_config(path: str | os.PathLike[str] | None = None,
+                       env: Mapping[str, str] | None = None,
+                       overrides: Mapping[str, Any] | None = None) -> DaemonConfig:
+    """Defaults < TOML file `path` < `KERNELD_*` variables of `env` < `overrides`.
+
+    `overrides` maps "table.key" (e.g. "daemon.address") to a value as TOML would give it;
+    errors cite it as `command line:table.key`. Unknown tables and keys are errors.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}          # "table.key" → parsed value (later sources win)
+    where_of: dict[str, str] = {}
+    source = os.fspath(path) if path is not None else None
+    if source is not None:
+        for name, raw, where in _read_file(source):
+            values[name], where_of[name] = _KEYS_FLAT[name].parse(where, raw), where
+    for name, spec in _KEYS_FLAT.items():
+        var = env_name(*name.split("."))
+        if var in env:
+            where = f"env:{var}"
+            values[name] = spec.parse(where, _from_env(where, spec.env, env[var]))
+            where_of[name] = where
+    for name, raw in (overrides or {}).items():
+        if name not in _KEYS_FLAT:
+            raise ConfigError(f"command line: unknown setting {name!r}")
+        where = f"command line:{name}"
+        values[name], where_of[name] = _KEYS_FLAT[name].parse(where, raw), where
+    return _build(values, where_of, source)
+
+
+_KEYS_FLAT: dict[str, _Key] = {f"{t}.{k}": spec for t, keys in _KEYS.items()
+                               for k, spec in keys.items()}
+
+
+def _read_file(path: str) -> list[tuple[str, Any, str]]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    out: list[tuple[str, Any, str]] = []
+    for table, body in data.items():
+        if table not in _KEYS:
+            raise ConfigError(f"{path}:{table}: unknown table; expected one of "
+                              f"{', '.join(_KEYS)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}:{table}: expected a table [{table}]")
+        for key, raw in body.items():
+            if key not in _KEYS[table]:
+                raise ConfigError(f"{path}:{table}.{key}: unknown key; expected one of "
+                                  f"{', '.join(_KEYS[table])}")
+            out.append((f"{table}.{key}", raw, f"{path}:{table}.{key}"))
+    return out
+
+
+def _build(values: dict[str, Any], where_of: dict[str, str], source: str | None) -> DaemonConfig:
+    daemon: dict[str, Any] = {}
+    manager: dict[str, Any] = {}
+    for name, value in values.items():
+        spec = _KEYS_FLAT[name]
+        (daemon if spec.target == "daemon" else manager)[spec.field] = value
+    base = _daemon_manager_defaults()
+    config = DaemonConfig(**daemon, manager=replace(base, **manager), source=source)
+    _check(config, where_of)
+    return config
+
+
+def _check(config: DaemonConfig, where_of: dict[str, str]) -> None:
+    """Rules that involve several keys."""
+    if config.needs_curve:
+        name = "daemon.tcp_address" if config.tcp_address else "daemon.address"
+        where = where_of.get(name, name)
+        if not config.curve_secret_key_file:
+            raise ConfigError(f"{where}: listening on tcp needs CURVE authentication: set "
+                              "daemon.curve_secret_key_file and daemon.allowed_client_keys")
+        if not config.allowed_client_keys:
+            raise ConfigError(f"{where}: listening on tcp needs daemon.allowed_client_keys "
+                              "(no client could connect otherwise)")
+        load_curve_keys(config.curve_secret_key_file,
+                        where_of.get("daemon.curve_secret_key_file", "curve_secret_key_file"))
+        client_public_keys(config.allowed_client_keys,
+                           where_of.get("daemon.allowed_client_keys", "allowed_client_keys"))
+
+
+def load_curve_keys(path: str, where: str = "curve_secret_key_file") -> tuple[bytes, bytes]:
+    """(public, secret) Z85 keys from a zmq.auth certificate (`*.key_secret`) or from a file
+    holding just the 40-character Z85 secret key."""
+    import zmq
+    import zmq.auth
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        try:
+            with open(path, "rb") as f:
+                secret = f.read().strip()
+            public = zmq.curve_public(secret) if len(secret) == 40 else None
+        except (OSError, ValueError, zmq.ZMQError):
+            public = None
+        if public is None:
+            raise _fail(where, f"cannot load a CURVE secret key from {path}: {e}") from None
+    if not secret:
+        raise _fail(where, f"{path} holds no secret key (a public certificate?)")
+    return public, secret
+
+
+def client_public_keys(entries: tuple[str, ...], where: str = "allowed_client_keys"
+                       ) -> frozenset[bytes]:
+    """Z85 public keys from keys, certificate files and directories of certificates."""
+    import zmq.auth
+    keys: set[bytes] = set()
+    for entry in entries:
+        try:
+            if len(entry) == 40 and "/" not in entry:
+                import zmq
+                zmq.utils.z85.decode(entry)
+                keys.add(entry.encode())
+            elif os.path.isdir(entry):
+                keys.update(k for k in zmq.auth.load_certificates(entry))
+            else:
+                keys.add(zmq.auth.load_certificate(entry)[0])
+        except (OSError, ValueError, KeyError) as e:
+            raise _fail(where, f"bad client key {entry!r}: {e}") from None
+    return frozenset(keys)

@@ -121,7 +121,8 @@ class _InProcessKernel:
     # -- kernel thread side ------------------------------------------------------------------
 
     def _post(self, msg: Any) -> None:
-        self.loop.call_soon_threadsafe(self.sink, msg)
+        if msg is not None:
+            self.loop.call_soon_threadsafe(self.sink, msg)
 
     def buffer_text(self, name: str, text: str) -> None:
         if self.exec_id is None:
@@ -180,13 +181,15 @@ class _InProcessKernel:
                     previous = InteractiveShell._instance
                     InteractiveShell._instance = engine.shell  # display() finds this kernel
                     try:
-                        self._handle(engine, msg)
+                        reply = self._handle(engine, msg)
                     finally:
                         InteractiveShell._instance = previous
+                # only now, with the host's environment and the shell restored
+                self._post(reply)
             except KeyboardInterrupt:  # an interrupt that arrived just after a cell ended
                 continue
 
-    def _handle(self, engine: Engine, msg: Any) -> None:
+    def _handle(self, engine: Engine, msg: Any) -> Any:
         if isinstance(msg, p.Execute):
             self.exec_id, self.limit, self.written = msg.exec_id, msg.output_limit, 0
             try:
@@ -202,15 +205,16 @@ class _InProcessKernel:
                 self._emit("execute_error", error)
                 status, count, result = "error", None, None
             self.flush_text()
-            self._post(p.Done(msg.exec_id, status, count, result, error))
             self.exec_id = None
-        elif isinstance(msg, p.Complete):
-            self._post(p.Answer(msg.req_id, engine.complete(msg.code, msg.cursor_pos)))
-        elif isinstance(msg, p.Inspect):
-            self._post(p.Answer(msg.req_id, engine.inspect(msg.code, msg.cursor_pos,
-                                                           msg.detail_level)))
-        elif isinstance(msg, p.IsComplete):
-            self._post(p.Answer(msg.req_id, engine.is_complete(msg.code)))
+            return p.Done(msg.exec_id, status, count, result, error)
+        if isinstance(msg, p.Complete):
+            return p.Answer(msg.req_id, engine.complete(msg.code, msg.cursor_pos))
+        if isinstance(msg, p.Inspect):
+            return p.Answer(msg.req_id, engine.inspect(msg.code, msg.cursor_pos,
+                                                       msg.detail_level))
+        if isinstance(msg, p.IsComplete):
+            return p.Answer(msg.req_id, engine.is_complete(msg.code))
+        return None
 
 
 @contextlib.contextmanager

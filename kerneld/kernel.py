@@ -79,6 +79,16 @@ class _DisplayHook(DisplayHook):  # type: ignore[misc]
     def write_output_prompt(self) -> None:
         pass
 
+    def compute_format_data(self, result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`1+1` fast path: IPython runs ten formatters for an int; for exact int/str/bool
+        with no user-registered formatter the outcome is just `repr` (a unit test compares)."""
+        if type(result) in _FAST_TYPES and self.engine.formatters_untouched(type(result)):
+            try:
+                return {"text/plain": repr(result)}, {}
+            except ValueError:  # e.g. int too large to convert: let IPython report it
+                pass
+        return super().compute_format_data(result)  # type: ignore[no-any-return]
+
     def write_format_data(self, format_dict: dict[str, Any],
                           md_dict: dict[str, Any] | None = None) -> None:
         self._data = _jsonable(format_dict)
@@ -100,6 +110,9 @@ class _Shell(InteractiveShell):  # type: ignore[misc]
 
     displayhook_class = Type(_DisplayHook)
     display_pub_class = Type(_Publisher)
+
+
+_FAST_TYPES = (int, str, bool)
 
 
 def _shell_config() -> Config:
@@ -125,11 +138,28 @@ class Engine:
         self.shell._showtraceback = self._showtraceback
         self._full_showtraceback = self.shell.showtraceback
         self.shell.showtraceback = self._showtraceback_fast_interrupts
+        self._baseline = self._printers()
+        self._active_types = list(self.shell.display_formatter.active_types)
         self.emit: Emit = lambda _type, _data: None
         self.flush_streams: Callable[[], None] = lambda: None
         self.request_input: RequestInput | None = None
         self.last_result: dict[str, Any] | None = None
         self.last_error: dict[str, Any] | None = None
+
+    def _printers(self) -> dict[tuple[str, type], Any]:
+        formatters = self.shell.display_formatter.formatters
+        return {(mime, t): f.type_printers.get(t) for mime, f in formatters.items()
+                for t in _FAST_TYPES}
+
+    def formatters_untouched(self, t: type) -> bool:
+        """No display formatter was registered or changed for type `t` since start."""
+        display = self.shell.display_formatter
+        if display.active_types != self._active_types:
+            return False
+        for mime, f in display.formatters.items():
+            if not f.enabled or f.type_printers.get(t) is not self._baseline.get((mime, t)):
+                return False
+        return True
 
     # -- lifecycle ------------------------------------------------------------------------
 

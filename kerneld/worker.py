@@ -5,17 +5,19 @@ Process model: forked by the zygote (`kerneld.zygote`); by the time `main()` run
 I/O thread is confined like everything else.
 
 Threads:
-- main thread: takes requests off the inbox and runs them one at a time on the engine
-  (`kerneld.kernel.Engine`). SIGINT raises KeyboardInterrupt here, but only while a cell runs.
-- `_IO` thread: owns the ZeroMQ DEALER (sockets are not thread-safe). It reads the pipes that
-  replaced fds 1 and 2 (so C extensions, `os.write(1, …)` and subprocesses are captured too),
-  coalesces them into `stream` events (≤ 256 KiB, ≤ 20 ms old), enforces the per-execution
-  output cap, sends what the main thread queues in its outbox, and routes incoming requests.
+- main thread: receives requests and runs them one at a time on the engine
+  (`kerneld.kernel.Engine`), and sends their results itself — the common path (`1+1`) has no
+  hand-off between threads. SIGINT raises KeyboardInterrupt here, but only while a cell runs.
+- `_Pump` thread: reads the pipes that replaced fds 1 and 2 (so C extensions,
+  `os.write(1, …)` and subprocesses are captured too) and sends them as coalesced `stream`
+  events (≤ 256 KiB, ≤ 20 ms old) while a cell runs.
+- `_Flusher` thread: pushes partial lines out of Python's `sys.stdout`/`sys.stderr` buffers
+  every 20 ms while a cell runs; asleep otherwise.
 
-Ordering: before sending a queued message, the I/O thread drains both pipes, so everything the
-main thread wrote before `display()` or the end of a cell is emitted before it. Python-level
-`sys.stdout` is line-buffered onto fd 1; partial lines are flushed by the I/O thread within
-20 ms.
+Sharing: `_Channel` holds the socket and the output buffers under one lock (ZeroMQ sockets may
+change threads behind a full memory barrier, which the lock is). Between cells only the main
+thread touches the socket. Ordering: every send first drains both pipes, so everything written
+before `display()` or the end of a cell is emitted before it, in the order written per stream.
 
 Liveness and shutdown: the worker exits on `Shutdown`, when its parent (the zygote) dies
 (PR_SET_PDEATHSIG, set by the zygote), or when killed; the manager learns of the exit from the
@@ -30,7 +32,7 @@ import collections
 import fcntl
 import io
 import os
-import queue
+import select
 import signal
 import sys
 import threading
@@ -44,27 +46,15 @@ from kerneld.kernel import Engine
 
 F_SETPIPE_SZ = 1031
 COALESCE_SECONDS = 0.02
-HELD_OUTPUT_LIMIT = 1024 * 1024  # output written between executions, kept for the next one
+HELD_OUTPUT_LIMIT = 1024 * 1024  # output written between cells, kept for the next one
 
 
-class _Barrier:
-    """An outbox entry that only drains the pipes and then wakes the waiting main thread."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-
-
-class _IO(threading.Thread):
-    """Owns the socket and the output pipes; see the module docstring."""
+class _Channel:
+    """The socket and the output buffers. Methods named `_locked_*` need `self.lock` held."""
 
     def __init__(self, sock: zmq.Socket[bytes], out_r: int, err_r: int) -> None:
-        super().__init__(name="kerneld-io", daemon=True)
         self.sock, self.out_r, self.err_r = sock, out_r, err_r
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.inputs: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.outbox: collections.deque[Any] = collections.deque()
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
+        self.lock = threading.Lock()
         self.decoders = {name: codecs.getincrementaldecoder("utf-8")("replace")
                          for name in ("stdout", "stderr")}
         self.chunks: list[list[Any]] = []  # [[name, text], ...] in arrival order
@@ -74,51 +64,11 @@ class _IO(threading.Thread):
         self.limit = 0
         self.written = 0
         self.truncated = False
+        self.dropped = 0
 
-    # -- called from the main thread --------------------------------------------------------
+    # -- with the lock held -----------------------------------------------------------------
 
-    def send(self, item: Any) -> None:
-        self.outbox.append(item)
-        os.write(self.wake_w, b"x")
-
-    def begin(self, exec_id: str, output_limit: int) -> None:
-        """Start attributing output to `exec_id`; returns once the I/O thread has switched,
-        so every byte the cell writes is counted against its own output limit."""
-        switched = threading.Event()
-        self.send(("begin", exec_id, output_limit, switched))
-        switched.wait()
-
-    def sync(self) -> None:
-        """Wait until everything written to fds 1/2 so far has been sent."""
-        barrier = _Barrier()
-        self.send(barrier)
-        barrier.done.wait()
-
-    # -- the thread -------------------------------------------------------------------------
-
-    def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        for fd in (self.out_r, self.err_r, self.wake_r):
-            poller.register(fd, zmq.POLLIN)
-        while True:
-            # while a cell runs, wake every 20 ms to flush partial lines; idle: sleep
-            timeout = int(COALESCE_SECONDS * 1000) if self.exec_id is not None else -1
-            ready = dict(poller.poll(timeout))
-            if self.out_r in ready:
-                self._read("stdout", self.out_r)
-            if self.err_r in ready:
-                self._read("stderr", self.err_r)
-            if self.wake_r in ready:
-                self._drain_outbox()
-            if self.sock in ready:
-                self._receive()
-            _flush_python_streams()
-            if self.chunks and (self.chunk_bytes >= p.STREAM_CHUNK_BYTES
-                                or time.monotonic() - self.first_pending >= COALESCE_SECONDS):
-                self._emit_streams()
-
-    def _read(self, name: str, fd: int) -> bool:
+    def _locked_read(self, name: str, fd: int) -> bool:
         try:
             data = os.read(fd, 1 << 20)
         except BlockingIOError:
@@ -127,10 +77,13 @@ class _IO(threading.Thread):
             return False
         text = self.decoders[name].decode(data)
         if text:
-            self._add(name, text, len(data))
+            self._locked_add(name, text, len(data))
         return True
 
-    def _add(self, name: str, text: str, size: int) -> None:
+    def _locked_add(self, name: str, text: str, size: int) -> None:
+        if self.exec_id is None and self.chunk_bytes > HELD_OUTPUT_LIMIT:
+            self.dropped += size  # nobody to attribute it to, and no room to keep it
+            return
         if self.exec_id is not None and self.limit:
             if self.truncated:
                 return
@@ -138,8 +91,6 @@ class _IO(threading.Thread):
                 text = text[: max(0, self.limit - self.written)]
                 self.truncated = True
             self.written += size
-        elif self.exec_id is None and self.chunk_bytes > HELD_OUTPUT_LIMIT:
-            return
         if not self.chunks:
             self.first_pending = time.monotonic()
         if self.chunks and self.chunks[-1][0] == name:
@@ -151,61 +102,109 @@ class _IO(threading.Thread):
             self.chunks.append(["stderr", (
                 f"\n[kerneld] output truncated: this execution wrote more than {self.limit} "
                 "bytes (profile limits.output); further output is discarded\n")])
-        if self.chunk_bytes >= p.STREAM_CHUNK_BYTES and self.exec_id is not None:
-            self._emit_streams()
+        if self.chunk_bytes >= p.STREAM_CHUNK_BYTES:
+            self._locked_emit()
 
-    def _emit_streams(self) -> None:
+    def _locked_drain(self) -> None:
+        while self._locked_read("stdout", self.out_r) or self._locked_read("stderr", self.err_r):
+            pass
+
+    def _locked_emit(self) -> None:
         if self.exec_id is None:
             return
+        if self.dropped:
+            self.chunks.insert(0, ["stderr", f"[kerneld] {self.dropped} bytes written between "
+                                             "executions were dropped\n"])
+            self.dropped = 0
         for name, text in self.chunks:
             if text:
-                self._send(p.Output(self.exec_id, "stream", {"name": name, "text": text}))
+                msg = p.Output(self.exec_id, "stream", {"name": name, "text": text})
+                self.sock.send(p.encode(msg), copy=False)
         self.chunks.clear()
         self.chunk_bytes = 0
 
-    def _drain_pipes(self) -> None:
-        while self._read("stdout", self.out_r) or self._read("stderr", self.err_r):
-            pass
+    # -- public: take the lock --------------------------------------------------------------
 
-    def _drain_outbox(self) -> None:
-        try:
-            os.read(self.wake_r, 4096)
-        except BlockingIOError:
-            pass
-        while self.outbox:
-            item = self.outbox.popleft()
-            _flush_python_streams()
-            self._drain_pipes()
-            if isinstance(item, tuple):
-                _, self.exec_id, self.limit, switched = item
-                self.written, self.truncated = 0, False
-                switched.set()
-            self._emit_streams()
-            if isinstance(item, _Barrier):
-                item.done.set()
-            elif isinstance(item, p.Done):
-                self._send(item)
-                self.exec_id = None
-            elif not isinstance(item, tuple):
-                self._send(item)
+    def begin(self, exec_id: str, output_limit: int) -> None:
+        """From now on, output belongs to `exec_id` (what was held in between, too)."""
+        with self.lock:
+            self._locked_drain()
+            self.exec_id, self.limit = exec_id, output_limit
+            self.written, self.truncated = 0, False
 
-    def _send(self, msg: Any) -> None:
-        self.sock.send(p.encode(msg), copy=False)
+    def publish(self, msg: Any) -> None:
+        """Send a message after everything already written to fds 1 and 2."""
+        with self.lock:
+            self._locked_drain()
+            self._locked_emit()
+            self.sock.send(p.encode(msg), copy=False)
 
-    def _receive(self) -> None:
+    def finish(self, done: p.Done) -> None:
+        with self.lock:
+            self._locked_drain()
+            self._locked_emit()
+            self.sock.send(p.encode(done), copy=False)
+            self.exec_id = None
+
+    def pump(self, ready: list[int]) -> None:
+        with self.lock:
+            if self.out_r in ready:
+                self._locked_read("stdout", self.out_r)
+            if self.err_r in ready:
+                self._locked_read("stderr", self.err_r)
+            if self.chunks and time.monotonic() - self.first_pending >= COALESCE_SECONDS:
+                self._locked_emit()
+
+    def poll_locked(self, timeout_ms: int) -> Any | None:
+        """Receive one request while a cell runs (input()), holding the lock briefly."""
+        with self.lock:
+            if not self.sock.poll(timeout_ms):
+                return None
+            return _decode(self.sock.recv())
+
+
+def _decode(raw: bytes) -> Any | None:
+    try:
+        return p.to_worker_decoder.decode(raw)
+    except p.DecodeError:
+        return None
+
+
+class _Pump(threading.Thread):
+    """Streams fd 1/2 output while a cell runs; sleeps in poll() otherwise."""
+
+    def __init__(self, channel: _Channel) -> None:
+        super().__init__(name="kerneld-pump", daemon=True)
+        self.channel = channel
+
+    def run(self) -> None:
+        poller = select.poll()
+        for fd in (self.channel.out_r, self.channel.err_r):
+            poller.register(fd, select.POLLIN)
         while True:
-            try:
-                raw = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = p.to_worker_decoder.decode(raw)
-            except p.DecodeError:
-                continue
-            if isinstance(msg, p.InputReply):
-                self.inputs.put(msg.value)
-            else:
-                self.inbox.put(msg)
+            waiting = self.channel.chunks and self.channel.exec_id is not None
+            ready = [fd for fd, _ in poller.poll(COALESCE_SECONDS * 1000 if waiting else None)]
+            self.channel.pump(ready)
+            if ready and self.channel.exec_id is None and self.channel.dropped:
+                time.sleep(COALESCE_SECONDS)  # between cells: do not spin on a chatty writer
+
+
+class _Flusher(threading.Thread):
+    """Pushes partial lines out of sys.stdout/sys.stderr every 20 ms while a cell runs.
+
+    A thread of its own: flushing takes the stream's lock, which a cell blocked on a full pipe
+    holds; the pump must never wait for that lock, or nobody would empty the pipe. This thread
+    sleeps on an Event while the kernel is idle."""
+
+    def __init__(self) -> None:
+        super().__init__(name="kerneld-flush", daemon=True)
+        self.active = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.active.wait()
+            time.sleep(COALESCE_SECONDS)
+            _flush_python_streams()
 
 
 def _flush_python_streams() -> None:
@@ -236,6 +235,7 @@ def _capture_fds() -> tuple[int, int]:
 
 
 def _text_stream(fd: int) -> io.TextIOWrapper:
+    """Line-buffered onto the fd (like a terminal), so print and os.write keep their order."""
     raw = io.FileIO(fd, "w", closefd=False)
     buffered = io.BufferedWriter(raw, buffer_size=64 * 1024)
     return io.TextIOWrapper(buffered, encoding="utf-8", errors="backslashreplace",
@@ -245,10 +245,13 @@ def _text_stream(fd: int) -> io.TextIOWrapper:
 class _Worker:
     """The main-thread loop: requests in, engine calls, replies out."""
 
-    def __init__(self, engine: Engine, io_thread: _IO) -> None:
-        self.engine, self.io = engine, io_thread
+    def __init__(self, engine: Engine, channel: _Channel) -> None:
+        self.engine, self.channel = engine, channel
         self.exec_id: str | None = None
         self.executing = False
+        self.later: collections.deque[Any] = collections.deque()  # arrived during input()
+        self.flusher = _Flusher()
+        self.flusher.start()
         signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
@@ -257,55 +260,68 @@ class _Worker:
 
     def _emit(self, type_: str, data: dict[str, Any]) -> None:
         if self.exec_id is not None:
-            self.io.send(p.Output(self.exec_id, type_, data))
+            self.channel.publish(p.Output(self.exec_id, type_, data))
 
     def _request_input(self, prompt: str, password: bool) -> str:
+        _flush_python_streams()
         self._emit("input_request", {"prompt": prompt, "password": password})
-        return self.io.inputs.get()
+        while True:
+            msg = self.channel.poll_locked(50)
+            if isinstance(msg, p.InputReply):
+                return msg.value
+            if msg is not None:
+                self.later.append(msg)
+
+    def _next(self) -> Any:
+        if self.later:
+            return self.later.popleft()
+        while True:  # between cells only this thread uses the socket
+            msg = _decode(self.channel.sock.recv())
+            if msg is not None:
+                return msg
 
     def serve(self) -> None:
         self.engine.attach(self._emit, _flush_python_streams, self._request_input)
         while True:
-            msg = self.io.inbox.get()
+            msg = self._next()
             if isinstance(msg, p.Execute):
                 self._execute(msg)
             elif isinstance(msg, p.Complete):
-                self.io.send(p.Answer(msg.req_id, self.engine.complete(msg.code, msg.cursor_pos)))
+                self._answer(msg.req_id, self.engine.complete(msg.code, msg.cursor_pos))
             elif isinstance(msg, p.Inspect):
-                content = self.engine.inspect(msg.code, msg.cursor_pos, msg.detail_level)
-                self.io.send(p.Answer(msg.req_id, content))
+                self._answer(msg.req_id, self.engine.inspect(msg.code, msg.cursor_pos,
+                                                             msg.detail_level))
             elif isinstance(msg, p.IsComplete):
-                self.io.send(p.Answer(msg.req_id, self.engine.is_complete(msg.code)))
+                self._answer(msg.req_id, self.engine.is_complete(msg.code))
             elif isinstance(msg, p.Activate):
                 os.environ.clear()
                 os.environ.update(msg.env)
             elif isinstance(msg, p.Shutdown):
-                self.io.sync()
                 return
+
+    def _answer(self, req_id: str, content: dict[str, Any]) -> None:
+        self.channel.publish(p.Answer(req_id, content))
 
     def _execute(self, msg: p.Execute) -> None:
         self.exec_id = msg.exec_id
-        self.io.begin(msg.exec_id, msg.output_limit)
-        while True:  # drop input replies left over from an earlier execution
-            try:
-                self.io.inputs.get_nowait()
-            except queue.Empty:
-                break
+        self.channel.begin(msg.exec_id, msg.output_limit)
         try:
             self.executing = True
+            self.flusher.active.set()
             try:
                 status, count, result, error = self.engine.execute(
                     msg.code, silent=msg.silent, store_history=msg.store_history,
                     allow_stdin=msg.allow_stdin)
             finally:
                 self.executing = False
+                self.flusher.active.clear()
         except KeyboardInterrupt:  # arrived outside IPython's own handler
             error = {"ename": "KeyboardInterrupt", "evalue": "", "traceback": []}
             self._emit("execute_error", error)
             status, count, result = "error", None, None
         _flush_python_streams()
-        self.io.send(p.Done(msg.exec_id, status, count, result, error))
         self.exec_id = None
+        self.channel.finish(p.Done(msg.exec_id, status, count, result, error))
 
 
 def main(engine: Engine, token: bytes, endpoint: str) -> None:
@@ -318,6 +334,6 @@ def main(engine: Engine, token: bytes, endpoint: str) -> None:
     sock.setsockopt(zmq.SNDHWM, 10000)
     sock.connect(endpoint)
     sock.send(p.encode(p.Hello(pid=os.getpid())))
-    io_thread = _IO(sock, out_r, err_r)
-    io_thread.start()
-    _Worker(engine, io_thread).serve()
+    channel = _Channel(sock, out_r, err_r)
+    _Pump(channel).start()
+    _Worker(engine, channel).serve()

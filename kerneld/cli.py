@@ -1,0 +1,409 @@
+"""The `kerneld` command line (SPEC.md "CLI").
+
+    kerneld serve [--config FILE]                     the daemon, in the foreground
+    kerneld run [--profile P] (-c CODE | FILE)        one-shot: fresh kernel, live output
+    kerneld create [--profile P] [--namespace NS] [--id ID] [--env K=V ...]   prints the id
+    kerneld exec ID (-c CODE | FILE)
+    kerneld ls [--namespace NS] [--json]
+    kerneld destroy (ID | --all [--namespace NS])
+    kerneld interrupt ID | restart ID
+    kerneld status [--json]
+    kerneld profile check FILE|NAME
+    kerneld version | bench [ARGS...]
+
+Global options (before or after the command): `--address` (default `$KERNELD_ADDRESS`, else
+the default endpoint) and `--debug` (tracebacks and debug logs). Errors are one line on stderr
+and a non-zero exit status: 1 for errors (and for code that raised), 2 for usage errors,
+78 for a bad daemon configuration, 130 after Ctrl-C.
+
+`run` uses the daemon when one answers at the address; otherwise it runs the code in an
+embedded `KernelManager` built from the same configuration the daemon would use
+(`$KERNELD_CONFIG` if set, else the built-in defaults, then `KERNELD_*` variables), so
+`kerneld run -c 'print(1)'` works on a machine with no daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kerneld.errors import DaemonUnavailable, InvalidArgument, KernelError
+
+EX_CONFIG = 78
+
+
+# ====================================================================== output of executions
+
+def render_event(event: Any, out: Any = None, err: Any = None) -> None:
+    """Print one event as a terminal user wants it (stdout/stderr kept apart)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    kind, data = event.type, event.data
+    if kind == "stream":
+        (err if data.get("name") == "stderr" else out).write(str(data.get("text", "")))
+        (err if data.get("name") == "stderr" else out).flush()
+    elif kind in ("display_data", "update_display_data", "execute_result"):
+        out.write(_summarise(kind, data.get("data") or {}))
+        out.flush()
+    elif kind == "execute_error":
+        lines = data.get("traceback") or [f"{data.get('ename')}: {data.get('evalue')}"]
+        err.write("\n".join(str(line) for line in lines).rstrip("\n") + "\n")
+        err.flush()
+    elif kind == "execution_stalled":
+        err.write(f"[kerneld: execution stalled after {data.get('actual_runtime', 0):.1f} s]\n")
+        err.flush()
+    elif kind == "input_request":
+        err.write(f"[kerneld: input requested: {data.get('prompt', '')!r}; stdin is not "
+                  "connected]\n")
+        err.flush()
+
+
+def _summarise(kind: str, bundle: dict[str, Any]) -> str:
+    text = bundle.get("text/plain")
+    others = [mime for mime in bundle if mime != "text/plain"]
+    if kind == "execute_result" and not others:
+        return f"{text}\n" if text is not None else ""
+    head = f"[{kind}: {', '.join(others)}]" if others else ""
+    if text is None:
+        return head + "\n"
+    text = str(text)
+    if not head:
+        return text + "\n"
+    return f"{head} {text}\n" if "\n" not in text else f"{head}\n{text}\n"
+
+
+# ====================================================================== commands
+
+
+def _client(args: argparse.Namespace, **options: Any) -> Any:
+    from kerneld.client import Client
+    return Client(args.address, **options)
+
+
+def _read_code(args: argparse.Namespace) -> str:
+    if args.code is not None:
+        return str(args.code)
+    if args.file == "-":
+        return sys.stdin.read()
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"cannot read {args.file}: {exc}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kerneld.config import ConfigError, load_daemon_config
+    from kerneld.server import serve, setup_logging
+    path = args.config or os.environ.get("KERNELD_CONFIG") or None
+    overrides: dict[str, Any] = {}
+    if args.address:
+        overrides["daemon.address"] = args.address
+    if args.debug:
+        overrides["daemon.log_level"] = "debug"
+
+    def load() -> Any:
+        return load_daemon_config(path, os.environ, overrides)
+
+    try:
+        config = load()
+    except ConfigError as exc:
+        print(f"kerneld: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    setup_logging(config.log_level)
+    return asyncio.run(serve(config, load))
+
+
+def _stream_to_terminal(events: Iterable[Any]) -> None:
+    for event in events:
+        render_event(event)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    code = _read_code(args)
+    try:
+        client = _client(args, connect_timeout=2.0)
+    except DaemonUnavailable as exc:
+        if args.address or os.environ.get("KERNELD_ADDRESS"):
+            print(f"kerneld: {exc}; running an embedded kernel instead", file=sys.stderr)
+        return asyncio.run(_run_embedded(code, args.profile, args.debug))
+    with client:
+        kernel_id = client.create_kernel(profile=args.profile)
+        try:
+            stream = client.execute_stream(kernel_id, code)
+            _stream_to_terminal(stream)
+            return 0 if stream.result is not None and stream.result.success else 1
+        except KeyboardInterrupt:
+            client.interrupt_kernel(kernel_id)
+            return 130
+        finally:
+            try:
+                client.destroy_kernel(kernel_id)
+            except KernelError:
+                pass
+
+
+async def _run_embedded(code: str, profile: str | None, debug: bool) -> int:
+    from kerneld.config import load_daemon_config
+    from kerneld.manager import KernelManager
+    from kerneld.server import setup_logging
+    setup_logging("debug" if debug else "warning")
+    config = load_daemon_config(os.environ.get("KERNELD_CONFIG") or None)
+    async with KernelManager(config.manager) as manager:
+        kernel_id = await manager.create_kernel(profile=profile)
+        stream = manager.execute_stream(kernel_id, code)
+        async for event in stream:
+            render_event(event)
+        return 0 if stream.result is not None and stream.result.success else 1
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    env: dict[str, str] = {}
+    for item in args.env or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidArgument(f"--env expects NAME=VALUE, got {item!r}")
+        env[name] = value
+    with _client(args) as client:
+        print(client.create_kernel(id=args.id, namespace=args.namespace, profile=args.profile,
+                                   env=env or None))
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    code = _read_code(args)
+    with _client(args) as client:
+        stream = client.execute_stream(args.id, code)
+        try:
+            _stream_to_terminal(stream)
+        except KeyboardInterrupt:
+            client.interrupt_kernel(args.id)
+            return 130
+        return 0 if stream.result is not None and stream.result.success else 1
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        kernels = client.list_kernels(args.namespace)
+    if args.json:
+        print(json.dumps(kernels, indent=2))
+        return 0
+    rows = [("ID", "STATUS", "PROFILE", "MODE", "PID", "EXECS", "MEMORY", "CREATED")]
+    for k in kernels:
+        rows.append((k["id"], k["status"], str(k["profile"]), k["mode"], str(k["pid"] or "-"),
+                     str(k["execution_count"]), _size(k.get("memory_bytes")),
+                     str(k["created"])[:19].replace("T", " ")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    if (args.id is None) == (not args.all):
+        raise _Usage("destroy needs a kernel ID or --all (not both)")
+    if args.namespace and not args.all:
+        raise _Usage("--namespace goes with --all")
+    with _client(args) as client:
+        if args.all:
+            count = client.destroy_all(args.namespace)
+            print(f"destroyed {count} kernel{'s' if count != 1 else ''}")
+        else:
+            client.destroy_kernel(args.id)
+    return 0
+
+
+def cmd_interrupt(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if not client.interrupt_kernel(args.id):
+            raise KernelError(f"kernel {args.id!r} not found (or not running)")
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if not client.restart_kernel(args.id):
+            raise KernelError(f"kernel {args.id!r} not found")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    k = status["kernels"]
+    print(f"kerneld {status['version']} (protocol {status['protocol']}), pid {status['pid']}, "
+          f"{status['status']} at {status['address']}")
+    if status.get("tcp_address"):
+        print(f"tcp:      {status['tcp_address']} (CURVE)")
+    print(f"uptime:   {_duration(status['uptime'])}")
+    print(f"kernels:  {k['total']} (idle {k['idle']}, busy {k['busy']}, starting "
+          f"{k['starting']}, dead {k['dead']})")
+    print(f"pool:     {status['pool']}")
+    print(f"memory:   daemon RSS {_size(status['rss_bytes'])}")
+    print(f"confine:  {'yes' if status['confine'] else 'NO (development mode)'}; in_process "
+          f"kernels {'allowed' if status['allow_in_process'] else 'refused'}; default profile "
+          f"{status['default_profile']}")
+    print(f"config:   {status['config_file'] or '(built-in defaults)'}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import sandbox
+    from kerneld.config import load_daemon_config
+    from kerneld.profiles import load_profile, profile_report
+    config = load_daemon_config(args.config or os.environ.get("KERNELD_CONFIG") or None)
+    profile = load_profile(args.profile, config.manager.profile_dirs)
+    probe = getattr(sandbox, "probe", None)
+    features = probe() if callable(probe) else None
+    print(profile_report(profile, features).rstrip("\n"))
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from kerneld import __version__
+    print(f"kerneld {__version__}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from kerneld import bench  # type: ignore[attr-defined]
+    except ImportError as exc:
+        if exc.name not in ("kerneld.bench", None):
+            raise
+        raise KernelError("the benchmark harness (kerneld.bench) is not part of this "
+                          "installation yet") from None
+    rest = list(args.bench_args or [])
+    if args.address:
+        rest = ["--address", args.address, *rest]
+    return int(bench.main(rest) or 0)
+
+
+# ====================================================================== parsing
+
+
+class _Usage(Exception):
+    pass
+
+
+def _size(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return "-"
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    return (f"{days}d " if days else "") + f"{hours:d}h {minutes:02d}m {s:02d}s"
+
+
+def _code_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("-c", dest="code", metavar="CODE", help="the code to run")
+    group.add_argument("file", nargs="?", metavar="FILE", help="a file of code ('-': stdin)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--address", default=argparse.SUPPRESS,
+                        help="daemon endpoint (default: $KERNELD_ADDRESS, else the default "
+                             "socket)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and debug logs")
+    parser = argparse.ArgumentParser(
+        prog="kerneld", parents=[common],
+        description="Stateful Python kernels for untrusted code, each confined by the OS.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("serve", cmd_serve, "run the daemon in the foreground")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML config file (default: $KERNELD_CONFIG, else built-in defaults)")
+    p = add("run", cmd_run, "run code in a fresh kernel and print its output")
+    p.add_argument("--profile", help="permission profile (default: the configured default)")
+    _code_args(p)
+    p = add("create", cmd_create, "create a kernel and print its id")
+    p.add_argument("--profile")
+    p.add_argument("--namespace")
+    p.add_argument("--id")
+    p.add_argument("--env", action="append", metavar="K=V",
+                   help="environment variable for the kernel (repeatable)")
+    p = add("exec", cmd_exec, "run code in an existing kernel")
+    p.add_argument("id", metavar="ID")
+    _code_args(p)
+    p = add("ls", cmd_ls, "list kernels")
+    p.add_argument("--namespace")
+    p.add_argument("--json", action="store_true")
+    p = add("destroy", cmd_destroy, "destroy one kernel, or all (of a namespace)")
+    p.add_argument("id", nargs="?", metavar="ID")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--namespace")
+    p = add("interrupt", cmd_interrupt, "interrupt the running execution of a kernel")
+    p.add_argument("id", metavar="ID")
+    p = add("restart", cmd_restart, "restart a kernel (same id, fresh state)")
+    p.add_argument("id", metavar="ID")
+    p = add("status", cmd_status, "daemon health, kernel counts, pool and memory")
+    p.add_argument("--json", action="store_true")
+    p = add("profile", cmd_profile, "inspect permission profiles")
+    psub = p.add_subparsers(dest="profile_command", metavar="check", required=True)
+    check = psub.add_parser("check", parents=[common],
+                            help="the effective policy and what this host can enforce")
+    check.add_argument("profile", metavar="FILE|NAME")
+    check.add_argument("--config", metavar="FILE", help="daemon config (for profile dirs)")
+    add("version", cmd_version, "print the version")
+    p = add("bench", cmd_bench, "benchmarks against ipykernel (see bench/)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the harness")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.address = getattr(args, "address", None)
+    args.debug = getattr(args, "debug", False)
+    try:
+        return args.func(args)
+    except _Usage as exc:
+        parser.error(str(exc))
+    except KernelError as exc:
+        if args.debug:
+            raise
+        print(f"kerneld: {type(exc).__name__}: {exc}" if type(exc) is not KernelError
+              else f"kerneld: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # a bug: one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"kerneld: internal error: {type(exc).__name__}: {exc} (use --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,751 @@
+"""The kerneld daemon: one ZeroMQ ROUTER in front of one KernelManager.
+
+Process model: `kerneld serve` runs `Server.run()` on one asyncio event loop in one thread
+(ZeroMQ adds its own I/O thread). The manager lives on the same loop and owns the zygote and the
+workers; the daemon only translates requests into manager calls and results into replies.
+
+Wire: clients connect DEALER sockets to the ROUTER (`ipc://` with file permissions; `tcp://`
+only with CURVE authentication). Each request is one `protocol.Request{v, id, op, args}` frame;
+the daemon answers with zero or more `Event{v, id, event}` frames and exactly one terminal
+`Reply{v, id, ok, value | error}` (docs/protocol.md). Ops are a fixed whitelist (`kerneld._ops`):
+manager methods with checked keyword arguments, plus subscribe/unsubscribe/status/ping.
+
+State: in-flight request tasks; subscriptions (peer, request id) → manager listener. Nothing
+else: kernels belong to the manager. A peer that vanished is noticed when a send to it fails
+(ROUTER_MANDATORY → EHOSTUNREACH); its subscriptions are then dropped. Its executions run on
+to their end; their replies are discarded.
+
+Liveness: a worker or zygote crash is the manager's business (KernelDied events, zygote
+restarted on the next fork); nothing from a client or a kernel can raise into the loop.
+systemd is told READY=1 once the zygote is up, STATUS= every few seconds, WATCHDOG=1 every
+half WATCHDOG_USEC (from the loop itself, so a wedged loop stops the pings).
+
+Signals only enqueue commands (`handle_<name>` runs them): SIGTERM/SIGINT → shutdown,
+SIGHUP → reload.
+
+Shutdown ladder: stop accepting (new requests get DaemonUnavailable), wait up to
+`shutdown_grace` seconds for running executions (a second SIGTERM/SIGINT skips the wait),
+`manager.close()` (the rest end with execute_error DaemonShutdown, every kernel tree is killed),
+flush the last replies, close the socket, remove the socket file, exit 0, all within
+grace + 2 s. Had the daemon been SIGKILLed instead, PR_SET_PDEATHSIG takes the zygote and, with
+it, every worker down.
+
+Failure modes: malformed, oversized, wrong-version or unknown requests get an error reply when
+their id can be read, else they are dropped and logged (rate-limited); a reply that cannot be
+encoded becomes InternalError; an unexpected exception is logged with its traceback and
+answered with InternalError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import msgspec
+import psutil
+import zmq
+import zmq.asyncio
+
+from kerneld import protocol as p
+from kerneld._ops import OPS, check_args
+from kerneld.config import (ConfigError, DaemonConfig, ManagerConfig, client_public_keys,
+                            load_curve_keys)
+from kerneld.errors import (DaemonUnavailable, InternalError, InvalidArgument, KernelError,
+                            LimitExceeded)
+from kerneld.kernels import KernelEvents
+from kerneld.manager import KernelManager
+
+log = logging.getLogger(__name__)
+
+MAX_INFLIGHT = 10_000            # requests being worked on at once, all clients together
+MAX_SUBSCRIPTIONS_PER_PEER = 1_000
+STATUS_INTERVAL = 5.0
+_EVENT_TYPES = frozenset(e.value for e in KernelEvents)
+_OK, _AGAIN, _GONE = 0, 1, 2
+# Fields of ManagerConfig that only take effect when the daemon restarts.
+_RESTART_ONLY = ("runtime_python", "preload", "runtime_dir")
+_DAEMON_RESTART_ONLY = ("address", "tcp_address", "socket_group", "socket_mode",
+                        "curve_secret_key_file", "allowed_client_keys")
+
+
+class _IdOnly(msgspec.Struct):
+    """Enough of a request to answer it when the rest does not decode."""
+
+    id: str
+
+
+_id_decoder = msgspec.msgpack.Decoder(_IdOnly)
+
+
+class _AllowedKeys:
+    """CURVE credentials provider for zmq.auth: the configured client public keys."""
+
+    def __init__(self, keys: frozenset[bytes]) -> None:
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = key in self.keys
+        if not allowed:
+            log.warning("curve client rejected key=%s", key.decode("ascii", "replace"))
+        return allowed
+
+
+class Server:
+    """`kerneld serve`: see the module docstring."""
+
+    def __init__(self, config: DaemonConfig,
+                 reload: Callable[[], DaemonConfig] | None = None) -> None:
+        self.config = config
+        self._reload = reload
+        self.manager = KernelManager(config.manager)
+        self.started = time.time()
+        self.accepting = True
+        self.exit_code: int | None = None
+        self.commands: asyncio.Queue[str] = asyncio.Queue()
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._auth: Any = None
+        self._ipc_path: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._subs: dict[tuple[bytes, str], tuple[str, str, Callable[[p.KernelEvent], None]]] = {}
+        self._subs_by_peer: dict[bytes, set[str]] = {}
+        self._dropped = 0
+        self._stopping = False
+        self._background: list[asyncio.Task[Any]] = []
+        self._notify = _Notifier.from_env()
+
+    # ================================================================== main
+
+    async def run(self) -> int:
+        """Serve until a shutdown command; returns the exit status."""
+        loop = asyncio.get_running_loop()
+        for sig, command in ((signal.SIGINT, "shutdown"), (signal.SIGTERM, "shutdown"),
+                             (signal.SIGHUP, "reload")):
+            loop.add_signal_handler(sig, self.commands.put_nowait, command)
+        try:
+            self._bind()
+        except (ConfigError, OSError, zmq.ZMQError) as exc:
+            log.error("cannot listen address=%s error=%s", self.config.address, exc)
+            self._close_socket()
+            return 1
+        self._spawn(self._read(), "kerneld-router")
+        self._spawn(self._startup(), "kerneld-startup")
+        while self.exit_code is None:
+            command = await self.commands.get()
+            handler = getattr(self, f"handle_{command}", None)
+            if handler is None:
+                log.error("unknown command=%s", command)
+                continue
+            await handler()
+        return self.exit_code
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._background.append(asyncio.create_task(coro, name=name))
+
+    async def _startup(self) -> None:
+        try:
+            await self.manager.start()
+        except Exception as exc:
+            log.error("the kernel manager could not start error=%s", exc)
+            self.commands.put_nowait("startup_failed")
+            return
+        log.info("ready address=%s pid=%s confine=%s %r", self.config.address, os.getpid(),
+                 self.config.manager.confine, self.manager.pool)
+        self._notify.send(f"READY=1\nSTATUS={self.status_line()}\nMAINPID={os.getpid()}")
+        self._spawn(self._status_loop(), "kerneld-status")
+        if self._notify.watchdog_interval:
+            self._spawn(self._watchdog(self._notify.watchdog_interval), "kerneld-watchdog")
+
+    async def handle_startup_failed(self) -> None:
+        await self._shutdown(exit_code=1, grace=0.0)
+
+    async def handle_shutdown(self) -> None:
+        await self._shutdown(exit_code=0, grace=self.config.shutdown_grace)
+
+    # ================================================================== listening
+
+    def _bind(self) -> None:
+        cfg = self.config
+        self._ctx = zmq.asyncio.Context()
+        sock = self._sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # Twice the request limit: requests between the two get a LimitExceeded reply; ZeroMQ
+        # itself cuts off peers that send more (connection reset, nothing buffered).
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * p.MAX_REQUEST_BYTES)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.LINGER, 500)
+        addresses = [cfg.address] + ([cfg.tcp_address] if cfg.tcp_address else [])
+        for address in sorted(addresses, key=lambda a: a.startswith("tcp://")):
+            if address.startswith("ipc://"):
+                self._bind_ipc(sock, address[len("ipc://"):])
+            else:
+                self._bind_tcp(sock, address)
+            log.info("listening address=%s", address)
+
+    def _bind_ipc(self, sock: zmq.asyncio.Socket, path: str) -> None:
+        cfg = self.config
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+            os.chmod(directory, 0o755)
+        st = os.stat(directory)
+        if st.st_uid not in (0, os.geteuid()):
+            raise ConfigError(f"daemon.address: {directory} belongs to uid {st.st_uid}; "
+                              "the socket's directory must be the daemon's own")
+        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+            raise ConfigError(f"daemon.address: {directory} is writable by others; "
+                              "put the socket in a directory only the daemon can write")
+        if st.st_mode & stat.S_IWOTH:
+            log.warning("socket directory is world-writable (sticky) dir=%s: prefer a private "
+                        "directory such as /run/kerneld", directory)
+        if os.path.exists(path):
+            if _unix_socket_answers(path):
+                raise ConfigError(f"daemon.address: another process already listens on {path}")
+            os.unlink(path)  # stale socket of a daemon that died
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(f"ipc://{path}")
+        finally:
+            os.umask(old_umask)
+        self._ipc_path = path
+        if cfg.socket_group is not None:
+            group = cfg.socket_group
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+            os.chown(path, -1, gid)
+        os.chmod(path, cfg.socket_mode)
+
+    def _bind_tcp(self, sock: zmq.asyncio.Socket, address: str) -> None:
+        cfg = self.config
+        if not cfg.curve_secret_key_file or not cfg.allowed_client_keys:
+            raise ConfigError(f"refusing to listen on {address} without CURVE keys "
+                              "(daemon.curve_secret_key_file, daemon.allowed_client_keys)")
+        from zmq.auth.asyncio import AsyncioAuthenticator
+        public, secret = load_curve_keys(cfg.curve_secret_key_file)
+        allowed = client_public_keys(cfg.allowed_client_keys)
+        assert self._ctx is not None
+        if self._auth is None:
+            self._auth = AsyncioAuthenticator(self._ctx, log=logging.getLogger("kerneld.auth"))
+            self._auth.start()
+        self._auth.configure_curve_callback("*", credentials_provider=_AllowedKeys(allowed))
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 10_000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30_000)
+        sock.curve_secretkey = secret
+        sock.curve_publickey = public
+        sock.curve_server = True
+        sock.bind(address)
+        log.info("curve enabled address=%s server_key=%s allowed_clients=%d", address,
+                 public.decode(), len(allowed))
+
+    def _close_socket(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._sock is not None:
+            self._sock.close(linger=300)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+        if self._ipc_path is not None:
+            try:
+                if stat.S_ISSOCK(os.lstat(self._ipc_path).st_mode):
+                    os.unlink(self._ipc_path)
+            except FileNotFoundError:
+                pass
+            self._ipc_path = None
+
+    # ================================================================== requests
+
+    async def _read(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                frames = await sock.recv_multipart()
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK) or sock.closed:
+                    return
+                log.error("recv failed error=%s", exc)
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                self._on_frames(frames)
+            except Exception:  # never let one request take the reader down
+                log.exception("request handling failed")
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        ident = frames[0]
+        payload = frames[-1]
+        if len(frames) != 2:
+            size = sum(len(f) for f in frames[1:])
+            self._bad(ident, payload, InvalidArgument(
+                f"a request is exactly one frame (got {len(frames) - 1}, {size} bytes)"))
+            return
+        if len(payload) > p.MAX_REQUEST_BYTES:
+            self._bad(ident, payload, LimitExceeded(
+                f"request of {len(payload)} bytes exceeds the limit of "
+                f"{p.MAX_REQUEST_BYTES} bytes"))
+            return
+        try:
+            req = p.request_decoder.decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._bad(ident, payload, InvalidArgument(f"malformed request: {exc}"))
+            return
+        if req.v != p.VERSION:
+            self._error(ident, req.id, InvalidArgument(
+                f"protocol version {req.v} is not supported (this daemon speaks {p.VERSION})"))
+            return
+        op = OPS.get(req.op)
+        if op is None:
+            self._error(ident, req.id, InvalidArgument(f"unknown op {req.op!r}"))
+            return
+        if not self.accepting:
+            self._error(ident, req.id, DaemonUnavailable("the daemon is shutting down"))
+            return
+        if len(self._tasks) >= MAX_INFLIGHT:
+            self._error(ident, req.id, LimitExceeded(
+                f"the daemon is working on {MAX_INFLIGHT} requests already; retry later"))
+            return
+        try:
+            check_args(req.op, op, req.args)
+            self._dispatch(ident, req, op.kind)
+        except KernelError as exc:
+            self._error(ident, req.id, exc)
+        except Exception as exc:
+            log.exception("request failed op=%s", req.op)
+            self._error(ident, req.id, InternalError(f"{req.op}: {type(exc).__name__}: {exc}"))
+
+    def _dispatch(self, ident: bytes, req: p.Request, kind: str) -> None:
+        mgr = self.manager
+        if kind == "async":
+            self._task(self._answer(ident, req.id, req.op,
+                                    getattr(mgr, req.op)(**req.args)))
+        elif kind == "sync":
+            self._ok(ident, req.id, getattr(mgr, req.op)(**req.args))
+        elif kind == "stream":
+            stream = mgr.execute_stream(**req.args)
+            self._task(self._stream(ident, req.id, stream))
+        else:
+            getattr(self, f"_op_{req.op}")(ident, req.id, **req.args)
+
+    def _task(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, ident: bytes, rid: str, op: str, call: Any) -> None:
+        try:
+            value = await call
+        except KernelError as exc:
+            payload = _error_payload(rid, exc)
+        except asyncio.CancelledError:
+            self._send(ident, _error_payload(rid, DaemonUnavailable(
+                "the daemon shut down before this request finished")))
+            raise
+        except Exception as exc:
+            log.exception("request failed op=%s", op)
+            payload = _error_payload(rid, InternalError(f"{op}: {type(exc).__name__}: {exc}"))
+        else:
+            payload = _ok_payload(rid, value)
+        await self._deliver(ident, payload)
+
+    async def _stream(self, ident: bytes, rid: str, stream: Any) -> None:
+        gone = False
+        try:
+            async for event in stream:
+                if not gone:
+                    gone = not await self._deliver(ident, _encode(p.Event(p.VERSION, rid, event)))
+            result = stream.result
+        except asyncio.CancelledError:
+            self._send(ident, _error_payload(rid, DaemonUnavailable(
+                "the daemon shut down before this execution finished")))
+            raise
+        except Exception as exc:
+            log.exception("execute_stream failed")
+            payload = _error_payload(rid, InternalError(f"execute_stream: {exc}"))
+        else:
+            # The client rebuilds `outputs` from the events it received: no second copy.
+            payload = _ok_payload(rid, msgspec.structs.replace(result, outputs=[]))
+        if not gone:
+            await self._deliver(ident, payload)
+
+    # ------------------------------------------------------------------ sending
+
+    def _ok(self, ident: bytes, rid: str, value: Any) -> None:
+        self._send(ident, _ok_payload(rid, value))
+
+    def _error(self, ident: bytes, rid: str, exc: KernelError) -> None:
+        self._send(ident, _error_payload(rid, exc))
+
+    def _bad(self, ident: bytes, payload: bytes, exc: KernelError) -> None:
+        """A request that could not be parsed: answer if its id can be read, else drop it."""
+        try:
+            rid = _id_decoder.decode(payload).id
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self._dropped += 1
+            if self._dropped <= 10 or self._dropped % 1000 == 0:
+                log.warning("unreadable message dropped size=%d dropped_total=%d error=%s",
+                            len(payload), self._dropped, exc)
+            return
+        log.info("bad request answered id=%.64s error=%s", rid, exc)
+        self._error(ident, rid, exc)
+
+    def _send(self, ident: bytes, payload: bytes) -> int:
+        """Send now without blocking: _OK, _AGAIN (peer's queue full) or _GONE."""
+        sock = self._sock
+        if sock is None:
+            return _GONE
+        future = sock.send_multipart([ident, payload], flags=zmq.NOBLOCK, copy=len(payload) < 65536)
+        exc = future.exception() if future.done() else None
+        if exc is None:
+            return _OK
+        if isinstance(exc, zmq.Again):
+            return _AGAIN
+        if isinstance(exc, zmq.ZMQError) and exc.errno == zmq.EHOSTUNREACH:
+            self._peer_gone(ident)
+            return _GONE
+        log.warning("send failed error=%s", exc)
+        return _GONE
+
+    async def _deliver(self, ident: bytes, payload: bytes) -> bool:
+        """Send, waiting (up to 60 s) while the peer's queue is full. False if it is gone."""
+        delay = 0.001
+        deadline = None
+        while True:
+            status = self._send(ident, payload)
+            if status != _AGAIN:
+                return status == _OK
+            now = time.monotonic()
+            deadline = deadline or now + 60.0
+            if now > deadline:
+                log.warning("client not reading for 60 s; dropping its replies")
+                self._peer_gone(ident)
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _peer_gone(self, ident: bytes) -> None:
+        for rid in list(self._subs_by_peer.get(ident, ())):
+            self._unsubscribe(ident, rid)
+
+    # ================================================================== local ops
+
+    def _op_get_kernel(self, ident: bytes, rid: str, kernel_id: str) -> None:
+        self._ok(ident, rid, self.manager.get_kernel(kernel_id).info)
+
+    def _op_ping(self, ident: bytes, rid: str) -> None:
+        self._ok(ident, rid, {"pong": True, "version": _version(), "protocol": p.VERSION})
+
+    def _op_status(self, ident: bytes, rid: str) -> None:
+        self._ok(ident, rid, self.status())
+
+    def _op_subscribe(self, ident: bytes, rid: str, kernel_id: str, event_type: str) -> None:
+        if event_type not in _EVENT_TYPES:
+            raise InvalidArgument(f"unknown event type {event_type!r} (one of "
+                                  f"{', '.join(sorted(_EVENT_TYPES))})")
+        mine = self._subs_by_peer.setdefault(ident, set())
+        if len(mine) >= MAX_SUBSCRIPTIONS_PER_PEER:
+            raise LimitExceeded(f"at most {MAX_SUBSCRIPTIONS_PER_PEER} subscriptions per client")
+
+        def listener(event: p.KernelEvent) -> None:
+            if self._send(ident, _encode(p.Event(p.VERSION, rid, event))) == _AGAIN:
+                self._dropped += 1
+                log.warning("subscriber too slow, event dropped kernel=%s event=%s",
+                            event.kernel_id, event.type)
+
+        self.manager.on_kernel_event(kernel_id, event_type, listener)
+        mine.add(rid)
+        self._subs[(ident, rid)] = (kernel_id, event_type, listener)
+        self._ok(ident, rid, {"subscription": rid})
+
+    def _op_unsubscribe(self, ident: bytes, rid: str, subscription: str) -> None:
+        self._ok(ident, rid, self._unsubscribe(ident, subscription))
+
+    def _unsubscribe(self, ident: bytes, sub: str) -> bool:
+        entry = self._subs.pop((ident, sub), None)
+        mine = self._subs_by_peer.get(ident)
+        if mine is not None:
+            mine.discard(sub)
+            if not mine:
+                del self._subs_by_peer[ident]
+        if entry is None:
+            return False
+        kernel_id, event_type, listener = entry
+        self.manager.off_kernel_event(kernel_id, event_type, listener)
+        return True
+
+    def _sweep_subscriptions(self) -> None:
+        """Forget subscriptions whose kernel is gone (the manager dropped its listeners)."""
+        alive = set(self.manager.get_kernel_ids())
+        for (ident, sub), (kernel_id, _, _) in list(self._subs.items()):
+            if kernel_id not in alive:
+                self._unsubscribe(ident, sub)
+
+    # ================================================================== status
+
+    def _kernel_counts(self) -> dict[str, int]:
+        counts = {"total": 0, "starting": 0, "idle": 0, "busy": 0, "dead": 0}
+        for info in self.manager.list_kernels():
+            counts["total"] += 1
+            counts[info["status"]] = counts.get(info["status"], 0) + 1
+        return counts
+
+    def status_line(self) -> str:
+        c = self._kernel_counts()
+        return (f"kernels={c['total']} idle={c['idle']} busy={c['busy']} "
+                f"starting={c['starting']} dead={c['dead']}; {self.manager.pool!r}")
+
+    def status(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "status": "stopping" if self._stopping else "running",
+            "version": _version(), "protocol": p.VERSION, "pid": os.getpid(),
+            "address": cfg.address, "tcp_address": cfg.tcp_address,
+            "started": self.started, "uptime": time.time() - self.started,
+            "kernels": self._kernel_counts(),
+            "pool": repr(self.manager.pool), "pool_stats": self.manager.get_pool_stats(),
+            "rss_bytes": psutil.Process().memory_info().rss,
+            "requests_in_flight": len(self._tasks), "subscriptions": len(self._subs),
+            "confine": cfg.manager.confine, "allow_in_process": cfg.manager.allow_in_process,
+            "default_profile": cfg.manager.default_profile, "config_file": cfg.source,
+        }
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            try:
+                self._sweep_subscriptions()
+                self._notify.send(f"STATUS={self.status_line()}")
+            except Exception:
+                log.exception("status update failed")
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self._notify.send("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # ================================================================== commands
+
+    async def handle_reload(self) -> None:
+        """SIGHUP: re-read the config file and check every profile. A failed reload keeps the
+        old config; running kernels keep their policy either way."""
+        if self._reload is None or self._stopping:
+            return
+        self._notify.send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = self._reload()
+            _check_profiles(new.manager)
+        except (KernelError, OSError) as exc:
+            log.error("reload failed, keeping the old config error=%s", exc)
+        else:
+            self._apply(new)
+        self._notify.send(f"READY=1\nSTATUS={self.status_line()}")
+
+    def _apply(self, new: DaemonConfig) -> None:
+        old = self.config
+        kept = {f: getattr(old.manager, f) for f in _RESTART_ONLY
+                if getattr(old.manager, f) != getattr(new.manager, f)}
+        kept_daemon = {f: getattr(old, f) for f in _DAEMON_RESTART_ONLY
+                       if getattr(old, f) != getattr(new, f)}
+        if kept or kept_daemon:
+            log.warning("reload: these settings take effect at the next restart keys=%s",
+                        ",".join([*kept_daemon, *kept]))
+        self.config = replace(new, manager=replace(new.manager, **kept), **kept_daemon)
+        # The manager reads `config` for every new kernel; running kernels keep theirs.
+        self.manager.config = self.config.manager
+        if (old.manager.pool_size, old.manager.pool_profiles) != (
+                new.manager.pool_size, new.manager.pool_profiles):
+            self.manager.pool.configure()
+        logging.getLogger().setLevel(self.config.log_level.upper())
+        log.info("reloaded config=%s", new.source or "(defaults)")
+
+    async def _shutdown(self, exit_code: int, grace: float) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self.accepting = False
+        start = time.monotonic()
+        self._notify.send("STOPPING=1")
+        running = self._running_executions()
+        log.info("shutting down grace=%s running_executions=%d", grace, running)
+        deadline = start + grace
+        while running and time.monotonic() < deadline:
+            try:
+                command = await asyncio.wait_for(self.commands.get(), timeout=0.05)
+            except asyncio.TimeoutError:
+                running = self._running_executions()
+                continue
+            if command == "shutdown":
+                log.info("second shutdown signal: not waiting any longer")
+                break
+        for task in self._background:
+            if task.get_name() != "kerneld-router":
+                task.cancel()
+        try:
+            await asyncio.wait_for(self.manager.close("the daemon is shutting down"), timeout=1.2)
+        except asyncio.TimeoutError:
+            log.error("the kernel manager did not close within 1.2 s; exiting anyway "
+                      "(the zygote and workers die with the daemon)")
+        except Exception:
+            log.exception("closing the kernel manager failed")
+        await self._finish_requests(0.3)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._close_socket()
+        log.info("stopped exit_code=%d after=%.2fs", exit_code, time.monotonic() - start)
+        self.exit_code = exit_code
+
+    def _running_executions(self) -> int:
+        total = 0
+        for kernel_id in self.manager.get_kernel_ids():
+            try:
+                total += self.manager.get_ongoing_execution_count(kernel_id)
+            except KernelError:
+                pass
+        return total
+
+    async def _finish_requests(self, timeout: float) -> None:
+        """Let in-flight requests send their replies; cancel what is still waiting (those
+        answer DaemonUnavailable)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=0.2)
+
+
+# ====================================================================== helpers
+
+_encode = p.encode
+
+
+def _ok_payload(rid: str, value: Any) -> bytes:
+    try:
+        return _encode(p.Reply(p.VERSION, rid, True, value))
+    except (TypeError, ValueError, OverflowError) as exc:
+        log.error("reply could not be encoded id=%.64s error=%s", rid, exc)
+        return _error_payload(rid, InternalError(f"the reply could not be encoded: {exc}"))
+
+
+def _error_payload(rid: str, exc: KernelError) -> bytes:
+    return _encode(p.Reply(p.VERSION, rid, False, None, exc.to_wire()))
+
+
+def _version() -> str:
+    from kerneld import __version__
+    return __version__
+
+
+def _unix_socket_answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+        return True
+
+
+def _check_profiles(config: ManagerConfig) -> None:
+    """Load every profile the config can reach, and the default one: a broken profile fails
+    a reload (the error cites file:table.key) instead of failing kernels later."""
+    from kerneld.profiles import available_profiles, load_profile
+    for name, path in available_profiles(config.profile_dirs).items():
+        load_profile(path)
+    load_profile(config.default_profile, config.profile_dirs)
+    for name in config.pool_profiles:
+        load_profile(name, config.profile_dirs)
+
+
+class _Notifier:
+    """sd_notify(3) without libsystemd: datagrams to $NOTIFY_SOCKET (abstract '@' too)."""
+
+    def __init__(self, address: str | None, watchdog_usec: int | None) -> None:
+        self.address = address
+        self.watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
+        self._sock: socket.socket | None = None
+
+    @classmethod
+    def from_env(cls) -> _Notifier:
+        # Taken out of the environment so nothing started later (kernels) can inherit them.
+        address = os.environ.pop("NOTIFY_SOCKET", None)
+        usec = os.environ.pop("WATCHDOG_USEC", None)
+        pid = os.environ.pop("WATCHDOG_PID", None)
+        watchdog = int(usec) if usec and usec.isdigit() else None
+        if pid and pid.isdigit() and int(pid) != os.getpid():
+            watchdog = None
+        return cls(address, watchdog)
+
+    def send(self, message: str) -> bool:
+        if not self.address:
+            return False
+        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.sendto(message.encode(), target)
+            return True
+        except OSError as exc:
+            log.warning("sd_notify failed address=%s error=%s", self.address, exc)
+            return False
+
+
+# ====================================================================== logging
+
+
+class _Formatter(logging.Formatter):
+    """`LEVEL logger: message key=value` — with a `<N>` syslog priority prefix when stderr
+    is the journal (journald then records the real level)."""
+
+    _PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.journal:
+            prio = self._PRIORITY.get(record.levelname, 6)
+            text = "\n".join(f"<{prio}>{line}" for line in text.split("\n"))
+        return text
+
+
+def setup_logging(level: str = "info") -> None:
+    """Plain stderr lines for journald (or a terminal)."""
+    journal = False
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    if stream:
+        try:
+            dev, ino = (int(x) for x in stream.split(":"))
+            st = os.fstat(sys.stderr.fileno())
+            journal = (st.st_dev, st.st_ino) == (dev, ino)
+        except (ValueError, OSError):
+            pass
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(journal))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+async def serve(config: DaemonConfig,
+                reload: Callable[[], DaemonConfig] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
+    return await Server(config, reload).run()
+
+
+__all__ = ["Server", "serve", "setup_logging"]

@@ -1,0 +1,71 @@
+"""The execution engine on its own (no processes): events, errors, the display fast path."""
+
+from __future__ import annotations
+
+import pytest
+
+from kerneld.kernel import Engine
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = Engine(singleton=False)
+    eng.warm()
+    return eng
+
+
+def run(engine, code, **kw):
+    events = []
+    engine.attach(lambda t, d: events.append((t, d)), lambda: None, None)
+    outcome = engine.execute(code, **kw)
+    return outcome, events
+
+
+@pytest.mark.parametrize("value", ["0", "-7", "2**100", "True", "False", "'x'", "''",
+                                   "'a\\nb'", "'quote\\'s'", "'ü' * 3", "'x' * 5000"])
+def test_fast_path_matches_ipython_formatting(engine, value):
+    obj = eval(value)
+    expected, _ = engine.shell.display_formatter.format(obj)
+    (status, _, result, _), _ = run(engine, value)
+    assert status == "ok" and result["data"] == expected
+
+
+def test_fast_path_yields_to_user_formatters(engine):
+    plain = engine.shell.display_formatter.formatters["text/plain"]
+    plain.for_type(int, lambda obj, p, cycle: p.text(f"<int {obj}>"))
+    try:
+        (_, _, result, _), _ = run(engine, "5")
+        assert result["data"]["text/plain"] == "<int 5>"
+    finally:
+        plain.pop(int)
+    (_, _, result, _), _ = run(engine, "5")
+    assert result["data"]["text/plain"] == "5"
+
+
+def test_execution_count_starts_at_one_after_warm_up():
+    eng = Engine(singleton=False)
+    eng.warm()
+    (_, count, _, _), _ = run(eng, "1")
+    assert count == 1
+
+
+def test_error_and_result_events(engine):
+    (status, _, result, error), events = run(engine, "raise ValueError('bad')")
+    assert status == "error" and result is None
+    assert error["ename"] == "ValueError" and error["evalue"] == "bad"
+    assert events == [("execute_error", error)]
+
+
+def test_silent_execution_has_no_result(engine):
+    (status, _, result, _), events = run(engine, "42", silent=True)
+    assert status == "ok" and result is None and events == []
+
+
+def test_is_complete_and_complete(engine):
+    assert engine.is_complete("if x:") == {"status": "incomplete", "indent": "    "}
+    assert engine.is_complete("x = (")["status"] == "incomplete"
+    assert engine.is_complete("x = 1")["status"] == "complete"
+    assert engine.is_complete("x = )")["status"] == "invalid"
+    run(engine, "zebra_count = 3")
+    reply = engine.complete("zebra_c", 7)
+    assert "zebra_count" in reply["matches"] and reply["cursor_start"] == 0
