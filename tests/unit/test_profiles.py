@@ -191,9 +191,8 @@ def test_every_key(tmp_path: Path) -> None:
 
 
 def test_sys_kinds_are_known_to_the_sandbox() -> None:
-    from sandbox.policy import SYS_KINDS as SANDBOX_KINDS
-
     from kerneld.profiles import SYS_KINDS
+    from sandbox.policy import SYS_KINDS as SANDBOX_KINDS
     assert {k for k in SYS_KINDS.values() if k is not None} <= set(SANDBOX_KINDS)
     p = parse('sys = ["osUptime", "version", "osRelease", "loadavg", "cpus", "homedir"]')
     assert policy(p).sys == ("uptime", "osRelease", "loadavg", "cpus")
