@@ -41,6 +41,9 @@ class ManagerConfig:
     inactivity_timeout / max_execution_time: defaults when neither request nor profile sets one.
     stall_grace: seconds an ignored stall interrupt waits before escalating.
     max_kernels: refuse to create more than this many kernels.
+    mount_roots: host directories under which a request's `filesystem.root` must lie; None
+        allows any directory the caller names (the embedded default: the caller is the
+        program itself). The daemon sets a list, because its clients are other users.
     """
 
     runtime_python: str = field(default_factory=_default_runtime_python)
@@ -57,6 +60,7 @@ class ManagerConfig:
     stall_grace: float = 2.0
     max_kernels: int = 2000
     runtime_dir: str | None = None
+    mount_roots: tuple[str, ...] | None = None
 
 
 # =========================================================================== the daemon's config

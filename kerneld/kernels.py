@@ -28,7 +28,8 @@ import psutil
 import sandbox
 from kerneld import lifecycle
 from kerneld import protocol as p
-from kerneld.errors import KernelError, KernelStartError, SandboxUnavailable
+from kerneld.errors import (KernelError, KernelStartError, PermissionDenied,
+                            SandboxUnavailable)
 from kerneld.execution import Execution
 from kerneld.inprocess import InProcessKernel
 from kerneld.profiles import load_profile
@@ -94,6 +95,7 @@ class _Kernel:
         self._exited: asyncio.Future[None] | None = None
         self._asks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._restarting = False
+        _check_mount_root(options["filesystem"], manager.config.mount_roots)
         profile = load_profile(options["profile"], manager.config.profile_dirs)
         self.profile = profile.narrow(options["permissions"], options["limits"])
         cfg = manager.config
@@ -448,6 +450,19 @@ class _Kernel:
             return int(psutil.Process(self.pid).memory_info().rss)
         except psutil.Error:
             return None
+
+
+def _check_mount_root(filesystem: dict[str, Any] | None, roots: tuple[str, ...] | None) -> None:
+    """A request may only mount host directories under the configured `mount_roots`."""
+    if not filesystem or roots is None or "root" not in filesystem:
+        return
+    root = os.path.realpath(str(filesystem["root"]))
+    for allowed in roots:
+        allowed = os.path.realpath(allowed)
+        if root == allowed or root.startswith(allowed.rstrip("/") + "/"):
+            return
+    raise PermissionDenied(f"filesystem.root {root!r} is outside the directories this daemon "
+                           f"lets kernels mount (mount_roots = {list(roots)})")
 
 
 def _describe_exit(msg: p.Exited, oom: bool) -> str:
