@@ -44,6 +44,8 @@ class ManagerConfig:
     mount_roots: host directories under which a request's `filesystem.root` must lie; None
         allows any directory the caller names (the embedded default: the caller is the
         program itself). The daemon sets a list, because its clients are other users.
+    allow_profile_paths: whether `profile=` may name a .toml file instead of a profile name
+        (the daemon refuses paths: its clients must not bring their own permissions).
     """
 
     runtime_python: str = field(default_factory=_default_runtime_python)
@@ -61,6 +63,7 @@ class ManagerConfig:
     max_kernels: int = 2000
     runtime_dir: str | None = None
     mount_roots: tuple[str, ...] | None = None
+    allow_profile_paths: bool = True
 
 
 # =========================================================================== the daemon's config

@@ -32,7 +32,6 @@ from kerneld.errors import (KernelError, KernelStartError, PermissionDenied,
                             SandboxUnavailable)
 from kerneld.execution import Execution
 from kerneld.inprocess import InProcessKernel
-from kerneld.profiles import load_profile
 
 if TYPE_CHECKING:
     from kerneld.manager import KernelManager
@@ -96,7 +95,7 @@ class _Kernel:
         self._asks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._restarting = False
         _check_mount_root(options["filesystem"], manager.config.mount_roots)
-        profile = load_profile(options["profile"], manager.config.profile_dirs)
+        profile = manager.load_profile(options["profile"])
         self.profile = profile.narrow(options["permissions"], options["limits"])
         cfg = manager.config
         self.inactivity_timeout: float | None = _first(

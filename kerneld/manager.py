@@ -38,6 +38,7 @@ from kerneld.errors import (InvalidArgument, KernelError, KernelNotFound, Kernel
 from kerneld.execution import Execution, ExecutionStream
 from kerneld.kernels import KernelMode, _Kernel
 from kerneld.pool import Pool
+from kerneld.profiles import Profile, load_profile
 from kerneld.spawner import WorkerHub, ZygoteClient
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class KernelManager:
         self._ticker: asyncio.Task[None] | None = None
         self._uids_in_use: set[int] = set()
         self._closed = False
+        self._profiles: dict[str, Profile] = {}
         self.pool = Pool(self)
         self.started = time.time()
 
@@ -101,6 +103,20 @@ class KernelManager:
     def zygote(self) -> ZygoteClient:
         assert self._zygote is not None
         return self._zygote
+
+    def load_profile(self, name: str) -> Profile:
+        """A profile by name (or, where allowed, by path), parsed once until `reload_profiles`."""
+        if ("/" in name or name.endswith(".toml")) and not self.config.allow_profile_paths:
+            raise PermissionDenied(f"profile {name!r}: only profile names are accepted here, "
+                                   "not paths (allow_profile_paths = false)")
+        profile = self._profiles.get(name)
+        if profile is None:
+            profile = self._profiles[name] = load_profile(name, self.config.profile_dirs)
+        return profile
+
+    def reload_profiles(self) -> None:
+        """Forget parsed profiles: new kernels read the files again (running ones keep theirs)."""
+        self._profiles.clear()
 
     def allocate_uid(self) -> int | None:
         if os.geteuid() != 0:
