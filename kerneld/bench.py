@@ -30,7 +30,9 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import contextlib
 import datetime as dt
+import functools
 import inspect
 import json
 import math
@@ -44,9 +46,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
 
 import psutil
 
@@ -76,7 +78,7 @@ METRICS = (
     Metric("throughput_1x1_per_s", "exec/s", True),
     Metric("throughput_8x8_per_s", "exec/s", True),
     Metric("stream_mb_per_s", "MB/s", True, (("p50", ">=", 100),)),
-    Metric("stream_print_mb_per_s", "MB/s", True),
+    Metric("stream_print_mb_per_s", "MB/s", True, (("p50", ">=", 100),)),
     Metric("stream_rss_growth_mib", "MiB", False, (("p99", "<=", 64),), peer=False),
     Metric("idle_uss_mib", "MiB", False, (("p50", "<=", 6), ("ratio", ">=", 6))),
     Metric("idle_pss_mib", "MiB", False),
@@ -149,9 +151,7 @@ def evaluate(metric: Metric, entry: dict[str, Any]) -> tuple[str, list[str]]:
     ok = True
     for what, op, value in metric.targets:
         got = entry["ratio"] if what == "ratio" else kd[what]
-        if got is None:
-            ok = False
-        elif op == "<=" and not got <= value or op == ">=" and not got >= value:
+        if got is None or (op == "<=" and not got <= value) or (op == ">=" and not got >= value):
             ok = False
     return ("met" if ok else "MISSED"), texts
 
@@ -243,7 +243,7 @@ class RssSampler:
             except psutil.Error:
                 return
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -310,31 +310,35 @@ class KerneldSide:
                     'profiles = ["default"]\n')
         return path
 
-    async def start(self, timeout: float = 60.0) -> None:
-        import kerneld
+    def _spawn(self) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "kerneld", "serve", "--address", self.address,
                "--config", self._config()]
         # KERNELD_* variables outrank the config file: none may loosen what is measured
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("KERNELD_") or k == "KERNELD_RUNTIME_PYTHON"}
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                     env=env, start_new_session=True)
-        log.close()
-        self.reaper.daemons.append(self.proc)
+        with open(self.log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    env=env, start_new_session=True)
+        self.reaper.daemons.append(proc)
+        return proc
+
+    async def start(self, timeout: float = 60.0) -> None:
+        import kerneld
+        from kerneld.errors import KernelError
+        self.proc = self._spawn()
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the daemon exited with code {self.proc.returncode}:\n"
                                    + self.log_tail())
             if os.path.exists(self.address[len("ipc://"):]):
+                client = kerneld.connect_async(self.address)
                 try:
-                    client = kerneld.connect_async(self.address)
                     await asyncio.wait_for(maybe(client.get_pool_stats()), 5)
                     self.client = client
                     break
-                except Exception:
-                    await _close_client(locals().get("client"))
+                except (TimeoutError, KernelError, OSError):
+                    await _close_client(client)
             if time.monotonic() > deadline:
                 raise RuntimeError("the daemon did not answer within "
                                    f"{timeout:.0f} s:\n{self.log_tail()}")
@@ -419,10 +423,8 @@ async def _close_client(client: Any) -> None:
     for name in ("aclose", "close"):
         method = getattr(client, name, None)
         if method is not None:
-            try:
+            with contextlib.suppress(Exception):  # best effort: the daemon may be gone
                 await asyncio.wait_for(maybe(method()), 5)
-            except Exception:
-                pass
             return
 
 
@@ -457,13 +459,13 @@ class IpyKernel:
         self.km: Any = None
         self.kc: Any = None
         self.pid: int | None = None
-        self.log = open(os.path.join(workdir, "ipykernel.log"), "ab")
+        self.log = open(os.path.join(workdir, "ipykernel.log"), "ab")  # noqa: SIM115 (close())
 
     async def start(self) -> float:
         """Start the kernel and run `1+1`; returns ms from start to the result."""
         import zmq
         import zmq.asyncio
-        from jupyter_client import AsyncKernelManager
+        from jupyter_client.manager import AsyncKernelManager
         ctx = zmq.asyncio.Context()
         ctx.setsockopt(zmq.RECONNECT_IVL, 2)   # connect-before-bind costs ≤ 2 ms, not 100
         ctx.setsockopt(zmq.LINGER, 0)
@@ -533,10 +535,8 @@ class IpyKernel:
         if self.kc is not None:
             self.kc.stop_channels()
         if self.km is not None:
-            try:
+            with contextlib.suppress(Exception):  # best effort; the pid is killed below anyway
                 await asyncio.wait_for(self.km.shutdown_kernel(now=True), 10)
-            except Exception:
-                pass
         if self.pid is not None and psutil.pid_exists(self.pid):
             try:
                 psutil.Process(self.pid).kill()
@@ -581,6 +581,25 @@ def _kb_syscalls(n, path=_kb_os.__file__):
     _kb_os.close(r)
     _kb_os.close(w)
     return elapsed
+def _kb_per_op(n, path=_kb_os.__file__):
+    r, w = _kb_os.pipe()
+    buf = b"x" * 64
+    def orc():
+        fd = _kb_os.open(path, _kb_os.O_RDONLY)
+        _kb_os.read(fd, 128)
+        _kb_os.close(fd)
+    ops = {"getpid": _kb_os.getpid, "stat": lambda: _kb_os.stat(path),
+           "pipe_write_read": lambda: (_kb_os.write(w, buf), _kb_os.read(r, 64)),
+           "open_read_close": orc}
+    out = {}
+    for name, op in ops.items():
+        t = _kb_time.perf_counter()
+        for _ in range(n):
+            op()
+        out[name] = round((_kb_time.perf_counter() - t) / n * 1e9)
+    _kb_os.close(r)
+    _kb_os.close(w)
+    return out
 """
 
 
@@ -611,7 +630,7 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-async def drive(fns: list[Callable[[], Awaitable[Any]]], seconds: float) -> float:
+async def drive(fns: Sequence[Callable[[], Awaitable[Any]]], seconds: float) -> float:
     """Run each fn in a loop on its own for `seconds`; total completions per second."""
     async def loop(fn: Callable[[], Awaitable[Any]]) -> int:
         end, n = time.perf_counter() + seconds, 0
@@ -655,7 +674,7 @@ class Bench:
         t0 = time.perf_counter()
         try:
             await fn()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one failed phase must not hide the others
             self.details["errors"][name] = f"{type(exc).__name__}: {exc}"
             self.say(f"{name} FAILED: {type(exc).__name__}: {exc}")
         self.details.setdefault("phase_seconds", {})[name] = round(time.perf_counter() - t0, 2)
@@ -769,11 +788,12 @@ class Bench:
                 await kd_execute(client, kid, code, expect)
                 await ipy.execute(code, expect)
             for _ in range(self.c.rounds):
+                run_kd = functools.partial(kd_execute, client, kid, code, expect)
+                run_ipy = functools.partial(ipy.execute, code, expect)
                 for _ in range(n_kd):
-                    self.add(name, "kerneld",
-                             await timed(lambda: kd_execute(client, kid, code, expect)))
+                    self.add(name, "kerneld", await timed(run_kd))
                 for _ in range(n_ipy):
-                    self.add(name, "ipykernel", await timed(lambda: ipy.execute(code, expect)))
+                    self.add(name, "ipykernel", await timed(run_ipy))
         self.note("rtt_ms", "execute `1+1` on an idle kernel until the result is in hand "
                   "(kerneld: client → daemon → worker → client; ipykernel: execute_reply and "
                   "execute_result both received, not waiting for idle)")
@@ -783,9 +803,9 @@ class Bench:
         clients = [self.kd.client]
         while len(clients) < self.c.clients:
             clients.append(await self.kd.extra_client())
-        kd_fns = [(lambda c=c, k=k: kd_execute(c, k, "1+1", "2"))
-                  for c, k in zip(clients, self.kids)]
-        ipy_fns = [(lambda k=k: k.execute("1+1", "2")) for k in self.ipy]
+        kd_fns = [functools.partial(kd_execute, c, k, "1+1", "2")
+                  for c, k in zip(clients, self.kids, strict=False)]
+        ipy_fns = [functools.partial(k.execute, "1+1", "2") for k in self.ipy]
         await drive(kd_fns, 0.2)                                   # warm-up
         await drive(ipy_fns, 0.2)
         for _ in range(self.c.rounds):
@@ -854,6 +874,14 @@ class Bench:
                 raw.append((times[confined], times[inproc]))
                 self.add("sandbox_overhead_pct", "kerneld",
                          (times[confined] / times[inproc] - 1) * 100)
+            per_op = {}
+            for name, kid in (("confined", confined), ("in_process", inproc)):
+                res = await kd_execute(client, kid, f"_kb_per_op({self.c.syscall_iters // 4})")
+                per_op[name] = ast.literal_eval(_result_text(res) or "{}")
+            self.details["sandbox_overhead_by_op_ns"] = {
+                op: {"confined": per_op["confined"][op], "in_process": ns,
+                     "overhead_pct": round((per_op["confined"][op] / ns - 1) * 100, 1)}
+                for op, ns in per_op["in_process"].items()}
         finally:
             await client.destroy_kernel(inproc)
         self.details["sandbox_overhead_seconds"] = [
@@ -907,7 +935,7 @@ class Bench:
                     return False
                 await kd_execute(client, kid, "1+1", "2")
                 return True
-            except Exception:
+            except Exception:  # noqa: BLE001 - any failure means "did not answer"
                 return False
         ok = 0
         for i in range(0, len(held), 8):
@@ -932,7 +960,7 @@ class Bench:
         per_sys = sys_drop / MiB / max(1, len(held))
         per_kernel = max(per_uss, per_sys)
         ceiling = int((MEMORY_BUDGET / MiB - max(fixed, 0.0)) / per_kernel) if per_kernel else 0
-        info = {"created": len(held), "answered_ping_and_1+1": answered,
+        info: dict[str, Any] = {"created": len(held), "answered_ping_and_1+1": answered,
                 "failure": failure, "per_kernel_uss_mib": round(per_uss, 3),
                 "per_kernel_system_mib": round(per_sys, 3),
                 "daemon_and_zygote_uss_mib": round(fixed, 1),
@@ -987,10 +1015,10 @@ class Bench:
 
 
 def _version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
     try:
-        from importlib.metadata import version
         return version(module)
-    except Exception:
+    except PackageNotFoundError:
         return None
 
 
@@ -1008,7 +1036,7 @@ def machine_info() -> dict[str, Any]:
     try:
         runtime_version = subprocess.run(
             [runtime, "-I", "-c", "import sys; print(sys.version.split()[0])"],
-            capture_output=True, text=True, timeout=20).stdout.strip() or None
+            check=False, capture_output=True, text=True, timeout=20).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         runtime_version = None
     os_name = None
@@ -1028,8 +1056,9 @@ def machine_info() -> dict[str, Any]:
         "kerneld": kerneld.__version__, "ipykernel": _version("ipykernel"),
         "jupyter_client": _version("jupyter_client"), "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(), "ipython": _version("ipython"),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "note": "shared VM: other work may run concurrently; see loadavg at start and end",
     }
 
 
@@ -1092,7 +1121,8 @@ def render_table(report: dict[str, Any]) -> str:
     lines.append(f"machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, "
                  f"Linux {m['kernel']}, Python {m['python']} (runtime {m['runtime_python']}), "
                  f"kerneld {m['kerneld']}, ipykernel {m['ipykernel']}, jupyter_client "
-                 f"{m['jupyter_client']}, {m['date']}, loadavg {m['loadavg_at_start']}")
+                 f"{m['jupyter_client']}, {m['date']}, loadavg {m['loadavg_at_start']} → "
+                 f"{m.get('loadavg_at_end')}")
     d = report["details"]
     lines.append(f"mode: {d['mode']}; kerneld side: {d['kerneld_side']}; "
                  "ratio = times better than ipykernel; create_pool ratio vs ipykernel cold "
@@ -1159,6 +1189,7 @@ def main(argv: list[str] | None = None) -> int:
         if killed:
             print(f"kerneld bench: killed leftover processes {killed}", file=sys.stderr)
     bench.details["elapsed_seconds"] = round(time.perf_counter() - t0, 1)
+    machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report = build_report(bench, machine)
     print(render_table(report))
     print(f"elapsed: {bench.details['elapsed_seconds']} s")

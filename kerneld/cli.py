@@ -275,7 +275,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
-        from kerneld import bench  # type: ignore[attr-defined]
+        from kerneld import bench
     except ImportError as exc:
         if exc.name not in ("kerneld.bench", None):
             raise
@@ -372,18 +372,32 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("profile", metavar="FILE|NAME")
     check.add_argument("--config", metavar="FILE", help="daemon config (for profile dirs)")
     add("version", cmd_version, "print the version")
-    p = add("bench", cmd_bench, "benchmarks against ipykernel (see bench/)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the harness")
+    p = add("bench", cmd_bench, "benchmarks against ipykernel (see bench/); arguments after "
+                                "`bench` go to the harness (`kerneld bench --help`)")
+    p.set_defaults(bench_args=[])
     return parser
+
+
+def _split_bench(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """`kerneld [global options] bench ARGS...`: ARGS go to the harness untouched."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] == "--address" else 1
+    if i < len(argv) and argv[i] == "bench":
+        return argv[:i + 1], argv[i + 1:]
+    return argv, None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv, bench_args = _split_bench(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
+    if bench_args is not None:
+        args.bench_args = bench_args
     args.address = getattr(args, "address", None)
     args.debug = getattr(args, "debug", False)
     try:
-        return args.func(args)
+        return int(args.func(args))
     except _Usage as exc:
         parser.error(str(exc))
     except KernelError as exc:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import inspect
 import itertools
 import os
@@ -35,7 +34,7 @@ import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar, cast
 
 import msgspec
 import zmq
@@ -46,8 +45,14 @@ from kerneld import protocol as p
 from kerneld.config import client_default_address
 from kerneld.errors import DaemonUnavailable, InvalidArgument, KernelError, LimitExceeded, from_wire
 
-__all__ = ["AsyncClient", "Client", "RemoteKernel", "AsyncRemoteKernel",
-           "RemoteExecutionStream", "SyncExecutionStream"]
+__all__ = [
+    "AsyncClient",
+    "AsyncRemoteKernel",
+    "Client",
+    "RemoteExecutionStream",
+    "RemoteKernel",
+    "SyncExecutionStream",
+]
 
 _DISCONNECT_GRACE = 0.05
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
@@ -59,7 +64,7 @@ Listener = Callable[[p.KernelEvent], Any]
 class _Pending:
     """What the reader does with frames carrying one request id."""
 
-    __slots__ = ("future", "queue", "callback", "epoch", "kernel_id", "event_type")
+    __slots__ = ("callback", "epoch", "event_type", "future", "kernel_id", "queue")
 
     def __init__(self, future: asyncio.Future[p.Reply] | None, epoch: int,
                  queue: asyncio.Queue[Any] | None = None, callback: Listener | None = None
@@ -230,12 +235,13 @@ class AsyncClient:
         assert sock is not None and self._up is not None
         delay = 0.001
         while True:
-            future = sock.send(payload, flags=zmq.NOBLOCK, copy=len(payload) < 65536)
-            exc = future.exception() if future.done() else None
-            if exc is None:
+            future = cast(asyncio.Future[Any],
+                          sock.send(payload, flags=zmq.NOBLOCK, copy=len(payload) < 65536))
+            error = future.exception() if future.done() else None
+            if error is None:
                 return
-            if not isinstance(exc, zmq.Again):
-                raise DaemonUnavailable(f"cannot send to {self.address}: {exc}")
+            if not isinstance(error, zmq.Again):
+                raise DaemonUnavailable(f"cannot send to {self.address}: {error}")
             if not self._up.is_set():  # disconnected: wait for the reconnection
                 try:
                     await asyncio.wait_for(self._up.wait(), self.connect_timeout)
@@ -321,7 +327,7 @@ class AsyncClient:
 
     async def execute(self, kernel_id: str, code: str, *, allow_stdin: bool = False,
                       silent: bool = False, store_history: bool = True) -> p.ExecutionResult:
-        args = {"kernel_id": kernel_id, "code": code}
+        args: dict[str, Any] = {"kernel_id": kernel_id, "code": code}
         if allow_stdin or silent or not store_history:
             args.update(allow_stdin=allow_stdin, silent=silent, store_history=store_history)
         value = await self._request("execute", args)
@@ -446,8 +452,9 @@ class AsyncClient:
             self._ctx.term()
             self._ctx = None
 
-    async def __aenter__(self) -> AsyncClient:
-        return await self.connect()
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -530,7 +537,7 @@ class AsyncRemoteKernel:
             if type(exc).__name__ != "KernelNotFound":
                 raise
 
-    async def __aenter__(self) -> AsyncRemoteKernel:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -548,9 +555,10 @@ def _sync(method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]
     """`Client.name(...)` = run `AsyncClient.name(...)` on the client's loop and wait."""
     name = method.__name__
 
-    @functools.wraps(method)
-    def call(self: Any, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self._run(getattr(self._async, name)(*args, **kwargs))  # type: ignore[no-any-return]
+    def call(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, self._run(getattr(self._async, name)(*args, **kwargs)))
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = method.__doc__
     return call
 
 
@@ -633,7 +641,7 @@ class Client:
         if not self._thread.is_alive():
             self._loop.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -703,7 +711,7 @@ class RemoteKernel:
             if type(exc).__name__ != "KernelNotFound":
                 raise
 
-    def __enter__(self) -> RemoteKernel:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

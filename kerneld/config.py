@@ -457,6 +457,8 @@ def load_curve_keys(path: str, where: str = "curve_secret_key_file") -> tuple[by
     holding just the 40-character Z85 secret key."""
     import zmq
     import zmq.auth
+    public: bytes | None
+    secret: bytes | None
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:
@@ -468,7 +470,7 @@ def load_curve_keys(path: str, where: str = "curve_secret_key_file") -> tuple[by
             public = None
         if public is None:
             raise _fail(where, f"cannot load a CURVE secret key from {path}: {e}") from None
-    if not secret:
+    if not secret or not public:
         raise _fail(where, f"{path} holds no secret key (a public certificate?)")
     return public, secret
 

@@ -292,7 +292,7 @@ class _Kernel:
         self.pid = None
         reason = ("the zygote died" if zygote_died
                   else _describe_exit(msg, self._oom_killed()))
-        self._died(reason, msg.exit_code, msg.signal)
+        self._died(reason, msg.exit_code, _signal_of(msg))
 
     def _oom_killed(self) -> bool:
         try:
@@ -464,15 +464,23 @@ def _check_mount_root(filesystem: dict[str, Any] | None, roots: tuple[str, ...] 
                            f"lets kernels mount (mount_roots = {list(roots)})")
 
 
+def _signal_of(msg: p.Exited) -> int | None:
+    """The signal that ended the worker; the kernel's init reports it as 128 + signo."""
+    if msg.signal is None and msg.exit_code is not None and 128 < msg.exit_code < 128 + 65:
+        return msg.exit_code - 128
+    return msg.signal
+
+
 def _describe_exit(msg: p.Exited, oom: bool) -> str:
     if oom:
         return "killed by the out-of-memory killer (memory limit reached)"
-    if msg.signal is not None:
+    sig = _signal_of(msg)
+    if sig is not None:
         try:
-            name = signal.Signals(msg.signal).name
+            name = signal.Signals(sig).name
         except ValueError:
-            name = f"signal {msg.signal}"
-        extra = " (CPU time limit reached)" if msg.signal == signal.SIGXCPU else ""
+            name = f"signal {sig}"
+        extra = " (CPU time limit reached)" if sig == signal.SIGXCPU else ""
         return f"killed by {name}{extra}"
     if msg.exit_code == 70:
         return "could not apply its sandbox (exit code 70)"

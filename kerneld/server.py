@@ -49,7 +49,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import msgspec
 import psutil
@@ -58,10 +58,20 @@ import zmq.asyncio
 
 from kerneld import protocol as p
 from kerneld._ops import OPS, check_args
-from kerneld.config import (ConfigError, DaemonConfig, ManagerConfig, client_public_keys,
-                            load_curve_keys)
-from kerneld.errors import (DaemonUnavailable, InternalError, InvalidArgument, KernelError,
-                            LimitExceeded)
+from kerneld.config import (
+    ConfigError,
+    DaemonConfig,
+    ManagerConfig,
+    client_public_keys,
+    load_curve_keys,
+)
+from kerneld.errors import (
+    DaemonUnavailable,
+    InternalError,
+    InvalidArgument,
+    KernelError,
+    LimitExceeded,
+)
 from kerneld.kernels import KernelEvents
 from kerneld.manager import KernelManager
 
@@ -155,7 +165,7 @@ class Server:
     async def _startup(self) -> None:
         try:
             await self.manager.start()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (any failure here means: exit 1, logged)
             log.error("the kernel manager could not start error=%s", exc)
             self.commands.put_nowait("startup_failed")
             return
@@ -406,7 +416,8 @@ class Server:
         sock = self._sock
         if sock is None:
             return _GONE
-        future = sock.send_multipart([ident, payload], flags=zmq.NOBLOCK, copy=len(payload) < 65536)
+        future = cast(asyncio.Future[Any], sock.send_multipart(
+            [ident, payload], flags=zmq.NOBLOCK, copy=len(payload) < 65536))
         exc = future.exception() if future.done() else None
         if exc is None:
             return _OK
@@ -583,7 +594,7 @@ class Server:
         while running and time.monotonic() < deadline:
             try:
                 command = await asyncio.wait_for(self.commands.get(), timeout=0.05)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 running = self._running_executions()
                 continue
             if command == "shutdown":
@@ -594,7 +605,7 @@ class Server:
                 task.cancel()
         try:
             await asyncio.wait_for(self.manager.close("the daemon is shutting down"), timeout=1.2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.error("the kernel manager did not close within 1.2 s; exiting anyway "
                       "(the zygote and workers die with the daemon)")
         except Exception:
@@ -710,7 +721,7 @@ class _Formatter(logging.Formatter):
     """`LEVEL logger: message key=value` — with a `<N>` syslog priority prefix when stderr
     is the journal (journald then records the real level)."""
 
-    _PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+    _PRIORITY: ClassVar[dict[str, int]] = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
     def __init__(self, journal: bool) -> None:
         super().__init__("%(levelname)s %(name)s: %(message)s")

@@ -141,7 +141,7 @@ class Zygote:
         status_r, status_w = os.pipe()
         try:
             pid = self.sandbox.fork(policy) if policy is not None else os.fork()
-        except OSError as exc:
+        except (OSError, self.sandbox.SandboxError) as exc:
             os.close(status_r)
             os.close(status_w)
             _write(p.encode(p.Forked(req.req_id, error=f"fork failed: {exc}")))
@@ -164,6 +164,8 @@ class Zygote:
             prctl.set_pdeathsig(signal.SIGKILL)
             if policy is not None:
                 self.sandbox.apply(policy, keep_fds=(status_w,))
+                if os.getpid() == 1:
+                    _become_init(status_w)  # returns in the worker, never in the init
             else:
                 os.environ.clear()
                 os.environ.update(req.env)
@@ -182,6 +184,33 @@ class Zygote:
             traceback.print_exc()
             code = EXIT_BOOT
         os._exit(code)
+
+
+def _become_init(status_w: int) -> None:
+    """Split PID 1 of the kernel's PID namespace into a tiny init and the worker (PID 2).
+
+    PID 1 must reap orphans (daemonized grandchildren would otherwise hold their pids until
+    the kernel dies) and ignores signals it has no handler for (RLIMIT_CPU's SIGXCPU among
+    them), neither of which suits the worker. The init forwards SIGINT (interrupts) to the
+    worker, reaps everything, and exits with the worker's status (a signal as 128 + signo, as
+    shells report it); when it exits, the kernel kills every process left in the namespace.
+    It is confined exactly like the worker: it ran `sandbox.apply` before forking it."""
+    import prctl
+    worker = os.fork()
+    if worker == 0:
+        prctl.set_pdeathsig(signal.SIGKILL)
+        return
+    os.close(status_w)
+    signal.signal(signal.SIGINT, lambda *_: os.kill(worker, signal.SIGINT))
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(worker, signal.SIGKILL))
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        if pid == worker:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
 
 
 def main(argv: list[str]) -> None:

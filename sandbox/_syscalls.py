@@ -173,6 +173,11 @@ def sethostname(name: str) -> None:
     _check(_libc.sethostname(raw, len(raw)), "sethostname")
 
 
+def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
+    """Close every fd in [first, last] (close_range(2), one syscall)."""
+    _check(_syscall("close_range", first, last, 0), "close_range")
+
+
 def mknod(path: str, mode: int, dev: int) -> None:
     _check(_libc.mknod(_b(path), mode, dev), "mknod", path)
 
@@ -246,7 +251,7 @@ assert ctypes.sizeof(_PathBeneathAttr) == 12  # the kernel's struct is __attribu
 def landlock_abi() -> int:
     """The Landlock ABI version, or 0 when Landlock is unsupported or disabled."""
     ret = _syscall("landlock_create_ruleset", None, 0, LANDLOCK_CREATE_RULESET_VERSION)
-    return ret if ret > 0 else 0
+    return max(0, ret)
 
 
 def landlock_create_ruleset(fs: int, net: int, scoped: int, abi: int) -> int:

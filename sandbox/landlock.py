@@ -18,7 +18,8 @@ ABI 1 base FS rights, 2 REFER, 3 TRUNCATE, 4 TCP bind/connect, 5 IOCTL_DEV, 6 sc
 - exec: EXECUTE only on `policy.exec_paths` (+ the ELF interpreter when anything is executable);
   with no exec paths, execve is also absent from the seccomp allowlist;
 - write paths, writable mounts, /tmp, /dev/shm: read + every write right except device creation;
-- /dev/null, zero, full, random, urandom: read/write file; never MAKE_CHAR/MAKE_BLOCK/IOCTL_DEV;
+- /dev/null, zero, full, random, urandom: read/write/truncate (O_TRUNC) file; never
+  MAKE_CHAR/MAKE_BLOCK/IOCTL_DEV;
 - /proc: read (it only shows the worker's own processes); with `sys` kinds granted, only the
   worker's own /proc/<pid> plus the files of those kinds;
 - TCP: bind never; connect only to `net.proxy_port` in "proxy" mode; "host" mode leaves TCP
@@ -61,7 +62,7 @@ FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
 READ = READ_FILE | READ_DIR
 WRITE = (WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO
          | MAKE_SYM | REFER | TRUNCATE)
-RW_FILE = READ_FILE | WRITE_FILE
+RW_FILE = READ_FILE | WRITE_FILE | TRUNCATE  # open(..., "w") on /dev/null passes O_TRUNC
 
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 ELF_INTERPRETERS = ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1")

@@ -13,12 +13,15 @@ Shape of the view (all in a private mount namespace, nothing propagates to the h
                        host directory except dev, proc, sys, run, tmp; other filesystems mounted
                        below them are not shown)
   policy.mounts        binds at their targets; policy.bind_files: single files
-  /tmp, /dev/shm       private tmpfs, size = limits.disk_bytes, nosuid, nodev, noexec
-  /dev                 tmpfs (read-only at the end) with null, zero, full, random, urandom and
-                       the fd/stdin/stdout/stderr symlinks
-  /proc                fresh procfs of the worker's PID namespace, hidepid=invisible and
-                       subset=pid (no /proc/sys, sysrq-trigger, kcore, ...); a full procfs only
-                       when `sys` kinds are granted (then Landlock limits it to those files)
+  /tmp, /dev/shm       private tmpfs, size = limits.disk_bytes, nosuid, nodev, noexec (as every
+                       writable mount, unless `ffi` or `run` covers it: see `_noexec`)
+  /dev                 a directory of the root tmpfs (so read-only too) with the device nodes
+                       null, zero, full, random, urandom (mknod as root, bind mounts of the
+                       host nodes in a user namespace) and fd/stdin/stdout/stderr symlinks
+  /proc                fresh procfs of the worker's PID namespace (only its own processes),
+                       subset=pid (no /proc/sys, sysrq-trigger, kcore, net, ...); a full procfs
+                       only when `sys` kinds are granted (then Landlock limits it to those
+                       files). No hidepid: see `_private_mounts`.
   /sys                 absent unless `sys` grants cpus (CPU topology) or ALL (read-only sysfs)
   deny_read / deny_write  masked by an empty read-only tmpfs or file / re-bound read-only
 
@@ -73,7 +76,11 @@ def _depth(path: str) -> int:
 
 
 def _noexec(policy: Policy, path: str) -> int:
-    if policy.exec_paths == ALL:
+    """MS_NOEXEC for a *writable* mount unless something may run from it: neither execve nor
+    mmap(PROT_EXEC) of files the kernel wrote itself (a dropped binary or .so), unless `ffi`
+    (native code allowed) or `run` covers the path. Read-only mounts stay exec-able: they hold
+    libraries to load, and execve is Landlock's (EXECUTE) and seccomp's business."""
+    if policy.exec_paths == ALL or policy.ffi:
         return 0
     for e in policy.exec_paths:
         if e == path or e.startswith(path.rstrip("/") + "/") or path.startswith(e + "/"):
@@ -95,10 +102,13 @@ def _private_mounts(policy: Policy) -> list[Op]:
     mode = "0700" if policy.uid is not None else "1777"
     ops = [Op("tmpfs", "/tmp", flags=RW | _noexec(policy, "/tmp"),
               data=_tmpfs_data(policy, mode)),
-           Op("dev", "/dev/shm", flags=RW | sc.MS_NOEXEC, data=_tmpfs_data(policy, mode))]
+           Op("dev", "/dev/shm", flags=RW | _noexec(policy, "/dev/shm"),
+              data=_tmpfs_data(policy, mode))]
     full_proc = policy.sys == ALL or any(SYS_KINDS.get(k) for k in policy.sys)
-    ops.append(Op("proc", "/proc", data="hidepid=invisible" if full_proc
-                  else "hidepid=invisible,subset=pid"))
+    # No hidepid: the PID namespace holds only this kernel's processes, all of one uid, and
+    # after the uid switch they are non-dumpable, which hidepid=invisible turns into "the
+    # worker cannot see its own children" (ptrace_may_access fails on non-dumpable tasks).
+    ops.append(Op("proc", "/proc", data="" if full_proc else "subset=pid"))
     if policy.sys == ALL:
         ops.append(Op("sysfs", "/sys"))
     elif "cpus" in policy.sys:
@@ -113,12 +123,12 @@ def _user_binds(policy: Policy) -> list[Op]:
         for p in policy.system_paths + (policy.runtime_prefix,):
             binds[p] = Op("bind", p, p, RO)
         for p in policy.read if policy.read != ALL else ():
-            binds[p] = Op("bind", p, p, RO | _noexec(policy, p))
+            binds[p] = Op("bind", p, p, RO)
     if policy.write != ALL:
         for p in policy.write:
             binds[p] = Op("bind", p, p, RW | _noexec(policy, p))
     for m in policy.mounts:
-        flags = (RO if m.read_only else RW) | _noexec(policy, m.target)
+        flags = RO if m.read_only else RW | _noexec(policy, m.target)
         binds[m.target] = Op("bind", m.target, m.source, flags, optional=False)
     for src, inside in policy.bind_files:
         binds[inside] = Op("bind", inside, src, RO | sc.MS_NOEXEC, optional=False)
@@ -198,25 +208,26 @@ class _View:
                 self.bind(Op("bind", "/" + name, "/" + name, flags))
 
     def dev(self, shm_flags: int, shm_data: str) -> None:
-        self.tmpfs("/dev", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64")
+        # /dev is a directory of the root tmpfs (read-only at the end): one mount fewer.
+        self.mountpoint("/dev", True)
         for name, (major, minor) in DEVICES.items():
             path = "/dev/" + name
             if self.mknod:
                 sc.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+                os.chmod(path, 0o666)  # mknod applies the inherited umask
             else:
                 self.bind(Op("bind", path, path, sc.MS_NOSUID | sc.MS_NOEXEC, optional=False))
         for name, target in DEV_LINKS.items():
             os.symlink(target, "/dev/" + name)
         self.tmpfs("/dev/shm", shm_flags, shm_data)
-        sc.mount(None, "/dev", None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
 
     def proc(self, data: str) -> None:
         self.mountpoint("/proc", True)
         flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
         try:
-            sc.mount("proc", "/proc", "proc", flags, data)
-        except OSError:  # kernels before 5.8: no subset=, hidepid numeric only
-            sc.mount("proc", "/proc", "proc", flags, "hidepid=2")
+            sc.mount("proc", "/proc", "proc", flags, data or None)
+        except OSError:  # kernels before 5.8: no subset=pid
+            sc.mount("proc", "/proc", "proc", flags, None)
 
     def sysfs(self) -> None:
         self.mountpoint("/sys", True)
@@ -260,8 +271,9 @@ class _View:
 def _enter_staging_root() -> None:
     """Private propagation, tmpfs over /tmp, pivot into it with the old root at /.old."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
-             "mode=0755,size=1m,nr_inodes=4096")
+    # Not nodev: the device nodes of /dev live here (the root is read-only at the end, and
+    # nothing in the worker can mknod).
+    sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID, "mode=0755,size=1m,nr_inodes=4096")
     os.mkdir("/tmp" + OLD, 0o700)
     sc.pivot_root("/tmp", "/tmp" + OLD)
     os.chdir("/")
@@ -275,5 +287,5 @@ def build(ops: tuple[Op, ...], *, userns: bool, root: bool, workdir: str) -> Non
         view.run(op)
     sc.umount2(OLD, sc.MNT_DETACH)
     os.rmdir(OLD)
-    sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
+    sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID)  # dev: /dev/null
     os.chdir(workdir)

@@ -11,7 +11,6 @@ tries each namespace, since containers and LSMs can forbid what the kernel suppo
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ class HostFeatures:
     namespaces: frozenset[str]
     cgroup_version: int | None
     cgroup_controllers: frozenset[str]
+    memfd_noexec: bool = False  # per-PID-namespace vm.memfd_noexec settable (Linux >= 6.3, root)
 
     @property
     def user_namespaces(self) -> bool:
@@ -46,9 +46,12 @@ class HostFeatures:
 
 
 def _seccomp_ok() -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return seccomp.available() and libc.prctl(PR_GET_SECCOMP, 0, 0, 0, 0) >= 0 \
-        and bool(sc.NR)
+    """libseccomp importable, the kernel has seccomp, and we know this architecture."""
+    try:
+        sc.prctl(PR_GET_SECCOMP)
+    except OSError:  # EINVAL: kernel built without CONFIG_SECCOMP
+        return False
+    return seccomp.available() and bool(sc.NR)
 
 
 def _try_namespaces(root: bool) -> int:
@@ -102,7 +105,8 @@ def probe() -> HostFeatures:
     return HostFeatures(
         root=root, machine=platform.machine(), landlock_abi=sc.landlock_abi(),
         seccomp=_seccomp_ok(), namespaces=_namespaces(root),
-        cgroup_version=lay.version, cgroup_controllers=ctrls)
+        cgroup_version=lay.version, cgroup_controllers=ctrls,
+        memfd_noexec=root and os.path.exists("/proc/sys/vm/memfd_noexec"))
 
 
 def _ns_missing(policy: Policy, f: HostFeatures) -> list[str]:
@@ -144,6 +148,9 @@ def check(policy: Policy, features: HostFeatures) -> list[str]:
     out += _limits_missing(policy, features)
     if policy.uid is not None and policy.uid != os.getuid() and not features.root:
         out.append(f"switch to uid {policy.uid} (needs root)")
+    if policy.exec_paths and policy.exec_paths != ALL and not features.memfd_noexec:
+        out.append("vm.memfd_noexec (Linux >= 6.3, root): Landlock cannot stop execve of a "
+                   "memfd, so `run` could not be limited to the listed programs")
     if policy.sys != ALL:
         out += [f"unknown sys kind {k!r}" for k in policy.sys if k not in SYS_KINDS]
     return out

@@ -10,7 +10,9 @@ Choices:
 - RLIMIT_NPROC counts processes per *real uid system-wide* and is not enforced for root: it is
   set only when the worker switches to a non-root uid (assumed unique per kernel); the pids
   cgroup is the real process limit.
-- RLIMIT_CPU: soft = budget (SIGXCPU), hard = budget + 2 s (SIGKILL).
+- RLIMIT_CPU: soft = budget (SIGXCPU), hard = budget + 2 s (SIGKILL). The worker is PID 1 of
+  its PID namespace, and PID 1 ignores signals it has no handler for: unless the worker installs
+  a SIGXCPU handler (e.g. to raise in user code), the budget ends with the hard limit's SIGKILL.
 - RLIMIT_FSIZE: Python ignores SIGXFSZ, so an oversized write fails with EFBIG.
 - CORE = 0 (no core files with the kernel's memory), MSGQUEUE = 0 (no POSIX mqueues),
   MEMLOCK = 64 KiB, RTPRIO = 0.

@@ -24,8 +24,9 @@ acct, swapon/off, reboot, syslog, quotactl, mknod, lookup_dcookie, vhangup, iopl
 modify_ldt, kcmp, pidfd_getfd, clock/time setters, Linux AIO, fanotify, mq_*, seccomp and
 landlock_* (self-restriction only, but pure kernel surface for a notebook), vmsplice, mlockall.
 
-`build(policy)` is pure (unit-tested); `compile(rules)` turns it into BPF with libseccomp (cached,
-done in the zygote before the fork); `install(bpf)` is one prctl (~0.05 ms) in the worker.
+`build(policy)` is pure (unit-tested); `compile(rules)` turns it into BPF with libseccomp
+(`bpf_for(policy)` caches it; `sandbox.fork` does it in the zygote before forking);
+`install(bpf)` is one prctl in the worker (~0.2 ms with the ctypes call).
 """
 
 from __future__ import annotations
@@ -122,6 +123,9 @@ _BASE: list[Rule] = [
     *_allow("sched_yield sched_getaffinity sched_setaffinity sched_getparam "
             "sched_getscheduler sched_get_priority_max sched_get_priority_min sched_getattr "
             "getpriority setpriority ioprio_get", "scheduling of own threads"),
+    *_allow("sched_setscheduler sched_setparam sched_setattr",
+            "libzmq's I/O thread re-applies its policy (asserts on failure); real-time "
+            "policies need CAP_SYS_NICE or RLIMIT_RTPRIO > 0 (both absent)"),
     *_allow("nanosleep clock_nanosleep clock_gettime clock_getres gettimeofday time alarm "
             "getitimer setitimer timer_create timer_settime timer_gettime timer_getoverrun "
             "timer_delete timerfd_create timerfd_settime timerfd_gettime", "time and timers"),
@@ -198,13 +202,18 @@ def _misc_rules() -> list[Rule]:
     return out
 
 
-def build(policy: Policy) -> tuple[Rule, ...]:
-    """The seccomp rule table for `policy` (pure)."""
+@lru_cache(maxsize=8)
+def _table(net_mode: str, exec_ok: bool) -> tuple[Rule, ...]:
     rules = [r if r.name != "clone" else Rule("clone", r.reason, _CLONE_ARGS) for r in _BASE]
-    rules += _ioctl_rules() + _socket_rules(policy.net.mode) + _send_rules() + _misc_rules()
-    if policy.exec_paths:
+    rules += _ioctl_rules() + _socket_rules(net_mode) + _send_rules() + _misc_rules()
+    if exec_ok:
         rules += _allow("execve execveat", "run granted: Landlock EXECUTE limits which programs")
     return tuple(rules)
+
+
+def build(policy: Policy) -> tuple[Rule, ...]:
+    """The seccomp rule table for `policy` (pure; it depends on net.mode and exec only)."""
+    return _table(policy.net.mode, bool(policy.exec_paths))
 
 
 def available() -> bool:
@@ -259,10 +268,20 @@ def _export(rules: tuple[Rule, ...], kind: str) -> bytes:
         os.close(fd)
 
 
-@lru_cache(maxsize=32)
-def compile(rules: tuple[Rule, ...]) -> bytes:  # noqa: A001 - mirrors re.compile
-    """BPF program (struct sock_filter[]) for `rules`, built by libseccomp; cached."""
+def compile(rules: tuple[Rule, ...]) -> bytes:
+    """BPF program (array of struct sock_filter) for `rules`, built by libseccomp."""
     return _export(rules, "bpf")
+
+
+@lru_cache(maxsize=8)
+def _bpf(net_mode: str, exec_ok: bool) -> bytes:
+    return compile(_table(net_mode, exec_ok))
+
+
+def bpf_for(policy: Policy) -> bytes:
+    """The compiled filter for `policy`, cached per (net.mode, exec) in this process (~2.5 ms
+    the first time, done by `sandbox.fork` in the zygote before forking)."""
+    return _bpf(policy.net.mode, bool(policy.exec_paths))
 
 
 def pfc(rules: tuple[Rule, ...]) -> str:
