@@ -281,9 +281,17 @@ def _uid_range(where: str, value: Any) -> tuple[int, int]:
     return (first, last)
 
 
+_Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+
+
+def _is_z85_key(text: str) -> bool:
+    """A 40-character Z85 public key (unless a file of that name exists: Z85 has '/')."""
+    return len(text) == 40 and set(text) <= _Z85 and not os.path.exists(text)
+
+
 def _client_key(where: str, value: Any) -> str:
     text = _string(where, value)
-    if len(text) == 40 and "/" not in text:
+    if _is_z85_key(text):
         return text
     path = _abs_path(where, text)
     if not os.path.exists(path):
@@ -482,9 +490,7 @@ def client_public_keys(entries: tuple[str, ...], where: str = "allowed_client_ke
     keys: set[bytes] = set()
     for entry in entries:
         try:
-            if len(entry) == 40 and "/" not in entry:
-                import zmq
-                zmq.utils.z85.decode(entry)
+            if _is_z85_key(entry):
                 keys.add(entry.encode())
             elif os.path.isdir(entry):
                 keys.update(k for k in zmq.auth.load_certificates(entry))

@@ -81,6 +81,7 @@ class _Kernel:
         self.status = "starting"
         self.created = time.time()
         self.pid: int | None = None
+        self.init_pid: int | None = None
         self.uid: int | None = None
         self.token = b""
         self.cgroup_dirs: tuple[str, ...] = ()
@@ -153,11 +154,12 @@ class _Kernel:
         self.token = secrets.token_bytes(16)
         self._hello, self._exited = loop.create_future(), loop.create_future()
         mgr.hub.register(self.token, self.on_message)
-        self.pid = await mgr.zygote.fork(
+        forked = await mgr.zygote.fork(
             kernel_id=self.id, token=self.token,
             endpoint=f"ipc://{WORKER_SOCKET}" if confine else mgr.hub.endpoint,
             confine=confine, policy=policy, env=dict(policy.env),
             cwd=policy.mounts[0].source if (policy.mounts and not confine) else None)
+        self.pid, self.init_pid = forked.pid, forked.init_pid
         mgr.track_pid(self.pid, self)
         await asyncio.wait_for(self._hello, timeout=30)
         if confine and policy.net.mode == "proxy":
@@ -178,6 +180,7 @@ class _Kernel:
         if self.proxy is not None:
             await self.proxy.close()
             self.proxy = None
+        self._kill_init()
         if self.pid is not None:
             pid, self.pid = self.pid, None
             try:
@@ -193,6 +196,15 @@ class _Kernel:
                     log.error("worker did not exit after SIGKILL kernel=%s pid=%s", self.id, pid)
             self.manager.track_pid(pid, None)
         self._release()
+
+    def _kill_init(self) -> None:
+        """SIGKILL the kernel's PID 1: the kernel then kills everything in its namespace."""
+        if self.init_pid is not None:
+            try:
+                os.kill(self.init_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.init_pid = None
 
     def _release(self) -> None:
         if self.token:
@@ -303,6 +315,7 @@ class _Kernel:
     def _died(self, reason: str, exit_code: int | None, sig: int | None) -> None:
         log.warning("kernel died kernel=%s reason=%r", self.id, reason)
         self.status = "dead"
+        self._kill_init()  # whatever the worker left running dies with its namespace
         self.end_executions("KernelDied", reason)
         self._release()
         self.manager.dispatch(p.KernelEvent("kernel_died", {

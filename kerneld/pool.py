@@ -126,7 +126,7 @@ class Pool:
 
     def _transfer(self, worker: _Kernel, kernel: _Kernel) -> None:
         """Move the worker's process, identity and confinement onto the kernel."""
-        for attr in ("pid", "uid", "token", "cgroup_dirs", "proxy", "_exited"):
+        for attr in ("pid", "init_pid", "uid", "token", "cgroup_dirs", "proxy", "_exited"):
             setattr(kernel, attr, getattr(worker, attr))
         mgr = self.manager
         mgr.hub.register(kernel.token, kernel.on_message)

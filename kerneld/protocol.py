@@ -170,6 +170,7 @@ class ForkRequest(msgspec.Struct, frozen=True, tag="fork", tag_field="t"):
 class Forked(msgspec.Struct, frozen=True, tag="forked", tag_field="t"):
     req_id: int
     pid: int = 0
+    init_pid: int | None = None  # PID 1 of the worker's PID namespace (killing it kills all)
     error: str | None = None
 
 

@@ -85,7 +85,7 @@ _OK, _AGAIN, _GONE = 0, 1, 2
 # Fields of ManagerConfig that only take effect when the daemon restarts.
 _RESTART_ONLY = ("runtime_python", "preload", "runtime_dir")
 _DAEMON_RESTART_ONLY = ("address", "tcp_address", "socket_group", "socket_mode",
-                        "curve_secret_key_file", "allowed_client_keys")
+                        "curve_secret_key_file")
 
 
 class _IdOnly(msgspec.Struct):
@@ -125,6 +125,7 @@ class Server:
         self._ctx: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
         self._auth: Any = None
+        self._allowed: _AllowedKeys | None = None
         self._ipc_path: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subs: dict[tuple[bytes, str], tuple[str, str, Callable[[p.KernelEvent], None]]] = {}
@@ -247,7 +248,8 @@ class Server:
         if self._auth is None:
             self._auth = AsyncioAuthenticator(self._ctx, log=logging.getLogger("kerneld.auth"))
             self._auth.start()
-        self._auth.configure_curve_callback("*", credentials_provider=_AllowedKeys(allowed))
+        self._allowed = _AllowedKeys(allowed)
+        self._auth.configure_curve_callback("*", credentials_provider=self._allowed)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 10_000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30_000)
         sock.curve_secretkey = secret
@@ -573,6 +575,9 @@ class Server:
             log.warning("reload: these settings take effect at the next restart keys=%s",
                         ",".join([*kept_daemon, *kept]))
         self.config = replace(new, manager=replace(new.manager, **kept), **kept_daemon)
+        if self._allowed is not None and old.allowed_client_keys != new.allowed_client_keys:
+            self._allowed.keys = client_public_keys(new.allowed_client_keys)
+            log.info("allowed CURVE client keys reloaded count=%d", len(self._allowed.keys))
         # The manager reads `config` for every new kernel; running kernels keep theirs.
         self.manager.config = self.config.manager
         if (old.manager.pool_size, old.manager.pool_profiles) != (

@@ -45,7 +45,7 @@ class ZygoteClient:
         self.python, self.preload = python, preload
         self.on_message, self.on_exit = on_message, on_exit
         self.proc: asyncio.subprocess.Process | None = None
-        self._pending: dict[int, asyncio.Future[int]] = {}
+        self._pending: dict[int, asyncio.Future[p.Forked]] = {}
         self._next_id = 0
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -82,12 +82,12 @@ class ZygoteClient:
         log.info("zygote started pid=%s python=%s preload=%s", self.proc.pid, self.python,
                  ",".join(self.preload))
 
-    async def fork(self, **fields: Any) -> int:
+    async def fork(self, **fields: Any) -> p.Forked:
         await self.ensure_started()
         assert self.proc is not None and self.proc.stdin is not None
         self._next_id += 1
         req_id = self._next_id
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[p.Forked] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = future
         self.proc.stdin.write(p.frame(p.encode(p.ForkRequest(req_id=req_id, **fields))))
         try:
@@ -120,7 +120,7 @@ class ZygoteClient:
                 if msg.error:
                     future.set_exception(KernelStartError(msg.error))
                 else:
-                    future.set_result(msg.pid)
+                    future.set_result(msg)
         else:
             self.on_message(msg)
 

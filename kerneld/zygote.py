@@ -9,6 +9,10 @@ workers need not load it, but nothing of it is instantiated).
 
 State: the map of live children (pid → boot-status pipe). Nothing else.
 
+Each confined worker gets its own PID namespace whose PID 1 is `kerneld-init` (a tiny C reaper
+built into the runtime by the setup), spawned just before the worker is forked as PID 2; both
+are children of the zygote, and `Forked` reports both pids.
+
 Protocol (stdin → stdout, 4-byte length + msgpack, see `kerneld.protocol`):
     ForkRequest → Forked{pid | error}
     later, unprompted: BootFailed{pid, message} (the child could not confine itself; it exits
@@ -73,6 +77,7 @@ class Zygote:
         self.engine = kernel.Engine()
         self.engine.warm()
         self.children: dict[int, int] = {}   # boot-status read fd → pid
+        self.init = os.path.join(os.path.dirname(sys.executable), "kerneld-init")
         self.devnull = os.open(os.devnull, os.O_RDWR)
         gc.collect()
         gc.freeze()
@@ -140,7 +145,8 @@ class Zygote:
             return
         status_r, status_w = os.pipe()
         try:
-            pid = self.sandbox.fork(policy) if policy is not None else os.fork()
+            pid = (self.sandbox.fork(policy, init=self.init) if policy is not None
+                   else os.fork())
         except (OSError, self.sandbox.SandboxError) as exc:
             os.close(status_r)
             os.close(status_w)
@@ -151,7 +157,8 @@ class Zygote:
             self._child(req, policy, status_w)
         os.close(status_w)
         self.children[status_r] = pid
-        _write(p.encode(p.Forked(req.req_id, pid=pid)))
+        init_pid = self.sandbox.last_init_pid() if policy is not None else None
+        _write(p.encode(p.Forked(req.req_id, pid=pid, init_pid=init_pid)))
 
     def _child(self, req: Any, policy: Any, status_w: int) -> None:
         """In the new worker: confine, then serve. Never returns."""
@@ -164,8 +171,6 @@ class Zygote:
             prctl.set_pdeathsig(signal.SIGKILL)
             if policy is not None:
                 self.sandbox.apply(policy, keep_fds=(status_w,))
-                if os.getpid() == 1:
-                    _become_init(status_w)  # returns in the worker, never in the init
             else:
                 os.environ.clear()
                 os.environ.update(req.env)
@@ -184,33 +189,6 @@ class Zygote:
             traceback.print_exc()
             code = EXIT_BOOT
         os._exit(code)
-
-
-def _become_init(status_w: int) -> None:
-    """Split PID 1 of the kernel's PID namespace into a tiny init and the worker (PID 2).
-
-    PID 1 must reap orphans (daemonized grandchildren would otherwise hold their pids until
-    the kernel dies) and ignores signals it has no handler for (RLIMIT_CPU's SIGXCPU among
-    them), neither of which suits the worker. The init forwards SIGINT (interrupts) to the
-    worker, reaps everything, and exits with the worker's status (a signal as 128 + signo, as
-    shells report it); when it exits, the kernel kills every process left in the namespace.
-    It is confined exactly like the worker: it ran `sandbox.apply` before forking it."""
-    import prctl
-    worker = os.fork()
-    if worker == 0:
-        prctl.set_pdeathsig(signal.SIGKILL)
-        return
-    os.close(status_w)
-    signal.signal(signal.SIGINT, lambda *_: os.kill(worker, signal.SIGINT))
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(worker, signal.SIGKILL))
-    while True:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            os._exit(0)
-        if pid == worker:
-            code = os.waitstatus_to_exitcode(status)
-            os._exit(code if code >= 0 else 128 - code)
 
 
 def main(argv: list[str]) -> None:

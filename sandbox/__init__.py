@@ -15,7 +15,7 @@ needs that it cannot. `sandbox.cgroups` holds the supervisor-side cgroup helpers
 from __future__ import annotations
 
 from . import cgroups
-from .apply import SandboxError, apply, fork, prepare, timings
+from .apply import SandboxError, apply, fork, last_init_pid, prepare, timings
 from .policy import ALL, Limits, Mount, NetPolicy, Policy
 from .probe import HostFeatures, check, probe
 
@@ -31,6 +31,7 @@ __all__ = [
     "cgroups",
     "check",
     "fork",
+    "last_init_pid",
     "prepare",
     "probe",
     "timings",

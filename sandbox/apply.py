@@ -103,15 +103,28 @@ def prepare(policy: Policy, features: HostFeatures | None = None) -> Prepared:
     return prep
 
 
-def fork(policy: Policy) -> int:
+def fork(policy: Policy, init: str | None = None) -> int:
     """Fork a worker for `policy`: returns the child's pid in the parent, 0 in the child.
 
-    The child is PID 1 of a new PID namespace when the host allows it; it must call
+    The child is in a new PID namespace when the host allows it: PID 2 under `init` (the
+    path of a reaper run as PID 1 with the policy's uid/gid, e.g. kerneld-init; its pid is
+    `last_init_pid()`) when given and running as root, else PID 1 itself. The child must call
     `apply(policy)` before anything else. Strict policies the host cannot enforce raise
     `SandboxError` here, in the parent.
     """
     f = prepare(policy).features
-    return namespaces.fork(f.root, "pid" in f.namespaces, "user" in f.namespaces)
+    init_argv = None
+    if init is not None and f.root and policy.uid is not None:
+        if not os.access(init, os.X_OK):
+            raise SandboxError("namespaces", f"init program {init} is missing or not executable")
+        gid = policy.gid if policy.gid is not None else policy.uid
+        init_argv = [init, str(policy.uid), str(gid)]
+    return namespaces.fork(f.root, "pid" in f.namespaces, "user" in f.namespaces, init_argv)
+
+
+def last_init_pid() -> int | None:
+    """The host pid of the init spawned by the last `fork(policy, init=...)`, or None."""
+    return namespaces.last_init_pid()
 
 
 def timings() -> dict[str, float]:
@@ -152,7 +165,7 @@ def _session() -> None:
 
 def _namespaces(prep: Prepared) -> None:
     p, f = prep.policy, prep.features
-    if "pid" in f.namespaces and os.getpid() != 1 and p.enforcement == "strict":
+    if "pid" in f.namespaces and not namespaces.in_new_pid_ns() and p.enforcement == "strict":
         raise SandboxError("namespaces", "not PID 1 of a new PID namespace: fork the worker "
                                          "with sandbox.fork(policy)")
     if "mnt" not in f.namespaces or (not f.root and "user" not in f.namespaces):
@@ -161,7 +174,7 @@ def _namespaces(prep: Prepared) -> None:
     userns = namespaces.enter(p, root=f.root, available=f.namespaces)
     t1 = time.perf_counter()
     # only as PID 1 of our own PID namespace: elsewhere the sysctl is the host's
-    limited_run = p.exec_paths and p.exec_paths != ALL and os.getpid() == 1
+    limited_run = p.exec_paths and p.exec_paths != ALL and namespaces.in_new_pid_ns()
     if limited_run and f.memfd_noexec and not namespaces.forbid_memfd_exec():
         raise SandboxError("namespaces", "could not set vm.memfd_noexec=2")
     mounts.build(prep.ops, userns=userns, root=f.root, workdir=p.workdir)

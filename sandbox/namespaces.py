@@ -1,8 +1,10 @@
 """Namespaces: the worker's own PID, mount, network, IPC, UTS and cgroup namespaces.
 
 Process model of `fork(root, pid_ns, user_ns)` (called by `sandbox.fork(policy)`):
-- root (the zygote runs as root): `unshare(CLONE_NEWPID)` in the zygote, `os.fork()`, then
-  `setns()` back to the zygote's own PID namespace. The child is PID 1 of a fresh namespace;
+- root (the zygote runs as root): `unshare(CLONE_NEWPID)` in the zygote, optionally
+  `posix_spawn` of a tiny init (then PID 1; the worker becomes PID 2, an ordinary process),
+  `os.fork()`, then `setns()` back to the zygote's own PID namespace. Without an init the
+  child is PID 1 of a fresh namespace;
   the zygote is unchanged. Using `os.fork()` (not a raw `clone` through ctypes) keeps glibc's
   fork bookkeeping (cached TID, atfork handlers, malloc/stdio locks) and CPython's
   PyOS_BeforeFork/AfterFork hooks exactly as a normal fork. Measured extra cost over a plain
@@ -36,7 +38,7 @@ EXIT_SETUP_FAILED = 121  # the intermediate (non-root) child could not build the
 RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                    signal.SIGUSR2, signal.SIGALRM, signal.SIGCONT, signal.SIGWINCH)
 
-_state = {"userns": False}
+_state: dict[str, Any] = {"userns": False, "pid_ns": False, "init_pid": None}
 
 
 def in_own_userns() -> bool:
@@ -55,17 +57,36 @@ def write_id_maps(uid: int, gid: int) -> None:
             os.close(fd)
 
 
-def _fork_root() -> int:
+def in_new_pid_ns() -> bool:
+    """True in a worker that `fork` placed in a PID namespace of its own."""
+    return bool(_state["pid_ns"]) or os.getpid() == 1
+
+
+def last_init_pid() -> int | None:
+    """The pid (in the caller's namespace) of the init spawned by the last `fork`, if any."""
+    return _state["init_pid"]  # type: ignore[no-any-return]
+
+
+def _fork_root(init_argv: list[str] | None) -> int:
+    """unshare(NEWPID); spawn `init_argv` as PID 1 (if given); fork the worker; setns back.
+
+    With an init, the worker is PID 2: an ordinary process (default signal actions apply),
+    while the init reaps orphans; both are children of the caller."""
+    _state["init_pid"] = None
     ns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     try:
         sc.unshare(sc.CLONE_NEWPID)
         try:
+            if init_argv:
+                _state["init_pid"] = os.posix_spawn(init_argv[0], init_argv, {})
             pid = os.fork()
         except BaseException:
             sc.setns(ns_fd, sc.CLONE_NEWPID)
             raise
         if pid != 0:
             sc.setns(ns_fd, sc.CLONE_NEWPID)
+        else:
+            _state["pid_ns"] = True
         return pid
     finally:
         os.close(ns_fd)
@@ -115,10 +136,11 @@ def _fork_userns() -> int:
     os._exit(EXIT_SETUP_FAILED)  # not reached
 
 
-def fork(root: bool, pid_ns: bool, user_ns: bool) -> int:
-    """Fork the worker: 0 in the child (PID 1 of a new PID namespace when possible)."""
+def fork(root: bool, pid_ns: bool, user_ns: bool, init_argv: list[str] | None = None) -> int:
+    """Fork the worker: 0 in the child, in a new PID namespace when possible (PID 2 under
+    `init_argv` as PID 1 when given and running as root, else PID 1 itself)."""
     if pid_ns and root:
-        return _fork_root()
+        return _fork_root(init_argv)
     if pid_ns and user_ns:
         return _fork_userns()
     return os.fork()

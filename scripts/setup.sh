@@ -49,4 +49,14 @@ if [ ! -x "$RUNTIME/bin/python" ] || [ "$(cat "$RUNTIME/.kerneld-stamp" 2>/dev/n
     echo "$rt_stamp" > "$RUNTIME/.kerneld-stamp"
     chmod -R a+rX "$(dirname "$RUNTIME")"
 fi
+# kerneld-init: PID 1 of every kernel's PID namespace (a tiny C reaper; see its source)
+init_src=kerneld/data/kerneld-init.c
+init_stamp=$(stamp_of "$init_src")
+if [ ! -x "$RUNTIME/bin/kerneld-init" ] || [ "$(cat "$RUNTIME/.init-stamp" 2>/dev/null)" != "$init_stamp" ]; then
+    log "building $RUNTIME/bin/kerneld-init"
+    gcc -O2 -Wall -Wextra -o "$RUNTIME/bin/kerneld-init.new" "$init_src"
+    mv "$RUNTIME/bin/kerneld-init.new" "$RUNTIME/bin/kerneld-init"
+    chmod 0755 "$RUNTIME/bin/kerneld-init"
+    echo "$init_stamp" > "$RUNTIME/.init-stamp"
+fi
 log "ready: daemon env $ROOT/.venv, worker runtime $RUNTIME"
