@@ -74,6 +74,7 @@ class Zygote:
         self.worker = worker
         self.msgspec = msgspec
         _preload(preload)
+        sandbox.warm()
         self.engine = kernel.Engine()
         self.engine.warm()
         self.children: dict[int, int] = {}   # boot-status read fd → pid

@@ -15,7 +15,7 @@ needs that it cannot. `sandbox.cgroups` holds the supervisor-side cgroup helpers
 from __future__ import annotations
 
 from . import cgroups
-from .apply import SandboxError, apply, fork, last_init_pid, prepare, timings
+from .apply import SandboxError, apply, fork, last_init_pid, prepare, timings, warm
 from .policy import ALL, Limits, Mount, NetPolicy, Policy
 from .probe import HostFeatures, check, probe
 
@@ -35,4 +35,5 @@ __all__ = [
     "prepare",
     "probe",
     "timings",
+    "warm",
 ]

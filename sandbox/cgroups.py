@@ -306,9 +306,16 @@ def remove(dirs: tuple[str, ...], timeout: float = 2.0) -> None:
 # --- worker side and accounting ----------------------------------------------------------------
 
 def join(dirs: tuple[str, ...]) -> None:
-    """Move the calling process into every directory of `dirs` ("0" = the writer itself)."""
+    """Move the calling process into every directory of `dirs` ("0" = the writer itself).
+
+    The caller is single-threaded (the worker before it starts any thread), so on v1 it
+    moves its one thread through `tasks`: the kernel then skips the global threadgroup
+    rwsem whose write side waits for an RCU grace period (10-20 ms here when cgroups have
+    been quiet; `cgroup.procs` pays it on every first move). v2 has no such file for
+    non-threaded cgroups and uses `cgroup.procs`."""
     for d in dirs:
-        _write(os.path.join(d, "cgroup.procs"), "0")
+        tasks = os.path.join(d, "tasks")
+        _write(tasks if os.path.exists(tasks) else os.path.join(d, "cgroup.procs"), "0")
 
 
 def memory_current(dirs: tuple[str, ...]) -> int | None:
