@@ -55,6 +55,8 @@ import psutil
 MiB = 1024 * 1024
 MB = 1_000_000
 MEMORY_BUDGET = 20 * 1024 * MiB   # "held at once within 20 GiB"
+CALL_TIMEOUT = 120.0              # no daemon call of the bench may hang for ever
+CLEANUP_TIMEOUT = 60.0            # then the synchronous Reaper takes over
 
 # --------------------------------------------------------------------------- metrics and targets
 
@@ -332,7 +334,7 @@ class KerneldSide:
                 raise RuntimeError(f"the daemon exited with code {self.proc.returncode}:\n"
                                    + self.log_tail())
             if os.path.exists(self.address[len("ipc://"):]):
-                client = kerneld.connect_async(self.address)
+                client = kerneld.connect_async(self.address, timeout=CALL_TIMEOUT)
                 try:
                     await asyncio.wait_for(maybe(client.get_pool_stats()), 5)
                     self.client = client
@@ -354,7 +356,7 @@ class KerneldSide:
 
     async def extra_client(self) -> Any:
         import kerneld
-        client = kerneld.connect_async(self.address)
+        client = kerneld.connect_async(self.address, timeout=CALL_TIMEOUT)
         self._extra.append(client)
         return client
 
@@ -624,6 +626,21 @@ _kb_confinement({probe!r})
 """
 
 
+async def bounded(aw: Awaitable[Any], timeout: float = CLEANUP_TIMEOUT) -> None:
+    """Await a cleanup step, even while being cancelled, but never for longer than `timeout`
+    (what it leaves behind, the Reaper ends)."""
+    task = asyncio.ensure_future(aw)
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, timeout)
+        raise
+    except Exception as exc:  # noqa: BLE001 - cleanup is best effort
+        print(f"kerneld bench: cleanup step failed: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+
+
 async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
     t0 = time.perf_counter()
     await fn()
@@ -692,9 +709,9 @@ class Bench:
             await self.phase("sandbox_overhead", self.sandbox_overhead)
             await self.phase("idle_kernels", self.idle_kernels)
         finally:
-            await asyncio.gather(*(k.close() for k in self.ipy), return_exceptions=True)
+            await bounded(asyncio.gather(*(k.close() for k in self.ipy), return_exceptions=True))
             self.ipy = []
-            await self.kd.close()
+            await bounded(self.kd.close())
         await self.phase("create_pool", self.create_pool)
 
     # -- setup and idle memory of fresh kernels -------------------------------------------
@@ -921,9 +938,11 @@ class Bench:
             answered = await self._verify(held)
             await self._held_memory(held, answered, avail0 - avail1, failure)
         finally:
-            for i in range(0, len(held), 8):
-                await asyncio.gather(*(client.destroy_kernel(k) for k in held[i:i + 8]),
-                                     return_exceptions=True)
+            async def destroy() -> None:
+                for i in range(0, len(held), 8):
+                    await asyncio.gather(*(client.destroy_kernel(k) for k in held[i:i + 8]),
+                                         return_exceptions=True)
+            await bounded(destroy())
 
     async def _verify(self, held: list[str]) -> int:
         assert self.kd is not None
@@ -1005,7 +1024,7 @@ class Bench:
                 self.add("create_pool_ms", "kerneld", await sample())
             self.details["pool_stats"] = await maybe(client.get_pool_stats())
         finally:
-            await side.close()
+            await bounded(side.close())
         self.note("create_pool_ms", f"as create_cold_ms from a daemon with [pool] size = "
                   f"{self.c.pool_size} (default profile), the pool refilled before each "
                   "sample; ipykernel has no pool: its ratio is against ipykernel's cold start")
@@ -1135,6 +1154,18 @@ def render_table(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
+async def _run(bench: Bench) -> None:
+    """Ctrl-C (asyncio.run) and SIGTERM both cancel this task: cleanup runs in `finally`s."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await bench.run()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="kerneld bench", description="kerneld vs ipykernel 7 side by side on this machine "
@@ -1172,20 +1203,16 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(workdir, 0o755)
     reaper.dirs.append(workdir)
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_term)
     t0 = time.perf_counter()
     bench = Bench(counts, mode, reaper, workdir, args.embedded)
     try:
         machine = machine_info()
-        asyncio.run(bench.run())
-    except KeyboardInterrupt:
+        asyncio.run(_run(bench))
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("kerneld bench: interrupted; cleaning up", file=sys.stderr)
         return 130
     finally:
         killed = reaper.kill_all()
-        signal.signal(signal.SIGTERM, previous)
         if killed:
             print(f"kerneld bench: killed leftover processes {killed}", file=sys.stderr)
     bench.details["elapsed_seconds"] = round(time.perf_counter() - t0, 1)

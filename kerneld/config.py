@@ -281,7 +281,8 @@ def _uid_range(where: str, value: Any) -> tuple[int, int]:
     return (first, last)
 
 
-_Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+_Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                 ".-:+=^!/*?&<>()[]{}@%$#")
 
 
 def _is_z85_key(text: str) -> bool:

@@ -12,7 +12,7 @@ Shape of the view (all in a private mount namespace, nothing propagates to the h
   read / write paths   read-only / read-write binds at the same path (read=ALL: every top-level
                        host directory except dev, proc, sys, run, tmp; other filesystems mounted
                        below them are not shown)
-  policy.mounts        binds at their targets; policy.bind_files: single files
+  policy.mounts        binds at their targets, idmapped (see below); policy.bind_files: files
   /tmp, /dev/shm       private tmpfs, size = limits.disk_bytes, nosuid, nodev, noexec (as every
                        writable mount, unless `ffi` or `run` covers it: see `_noexec`)
   /dev                 a directory of the root tmpfs (so read-only too) with the device nodes
@@ -28,17 +28,34 @@ Shape of the view (all in a private mount namespace, nothing propagates to the h
 How: mount a tmpfs over /tmp, `pivot_root` into it with the old root at /.old, build the view
 with sources taken from /.old, then detach /.old. One pivot, ~15 mount calls, ~1 ms.
 
+Idmapped `policy.mounts` (root zygote, `policy.uid` set): the host directory usually belongs to
+the requesting user (often root, mode 0700), whom the kernel's unique uid cannot act as. So the
+bind is made with the new mount API: `open_tree(OPEN_TREE_CLONE)` (a detached copy of the
+source mount), `fstat` of that very tree for the owner (no window between stat and mount),
+`mount_setattr(MOUNT_ATTR_IDMAP | flags)` with a throw-away user namespace whose uid_map reads
+"OWNER KERNEL 1" (inside = the id on disk, outside = the id the caller sees: on-disk OWNER
+appears as the kernel's id, and files the kernel creates are written as OWNER), then
+`move_mount` to the target. Other on-disk uids appear as the overflow id: only their "other"
+bits apply, and the VFS refuses to modify, chmod, rename or delete inodes with an unmapped id
+(EACCES/EOVERFLOW), so other users' files in the directory stay as they are. The gid_map is
+"OWNER_GID KERNEL_GID 1" plus every other gid as itself (see `gid_map`). The user namespace comes from `_syscalls.idmap_userns` (~0.1 ms, a vfork-style
+child, needs the view's /proc, which `plan` mounts before any bind). A filesystem that cannot
+be idmapped (EINVAL) fails the mount in strict mode ("idmapped mount unsupported on nfs ...")
+and falls back to a plain bind in best-effort mode. nosuid stops setuid files *inside* the
+sandbox; seccomp refuses chmod with S_ISUID/S_ISGID so none is left for the host either.
+
 `plan(policy)` is pure (unit-tested): the ordered operations. `build(ops, ...)` executes them.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import _syscalls as sc
-from .policy import ALL, SYS_KINDS, Policy
+from .policy import ALL, SYS_KINDS, Mount, Policy
 
 OLD = "/.old"
 MASK_FILE = "/.kerneld-masked"
@@ -48,10 +65,27 @@ DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc
              "stderr": "/proc/self/fd/2"}
 RO = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
 RW = sc.MS_NOSUID | sc.MS_NODEV
+# MS_* per-mount flags → MOUNT_ATTR_* (mount_setattr)
+_ATTRS = ((sc.MS_RDONLY, sc.MOUNT_ATTR_RDONLY), (sc.MS_NOSUID, sc.MOUNT_ATTR_NOSUID),
+          (sc.MS_NODEV, sc.MOUNT_ATTR_NODEV), (sc.MS_NOEXEC, sc.MOUNT_ATTR_NOEXEC))
 
 
 class MountError(Exception):
     """The view cannot be built as the policy asks (missing source, impossible mount point)."""
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """Idmapping of one bind: the kernel's `uid`/`gid` stand for the host ids `host_uid`/
+    `host_gid` inside the mount (None: the owner of the source, read when mounting).
+    `required`: strict policies fail when the filesystem cannot be idmapped; best-effort ones
+    get a plain bind instead."""
+
+    uid: int
+    gid: int
+    host_uid: int | None = None
+    host_gid: int | None = None
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,7 +94,8 @@ class Op:
     (dev builds /dev and mounts the /dev/shm tmpfs described by `flags`/`data`.)
 
     bind: `source` (host path) at `target` with per-mount `flags`; optional binds whose source
-    is missing are skipped, mandatory ones fail. tmpfs/proc: `data` are mount options.
+    is missing are skipped, mandatory ones fail; `idmap` set: an idmapped bind (root only).
+    tmpfs/proc: `data` are mount options.
     """
 
     kind: str
@@ -69,6 +104,7 @@ class Op:
     flags: int = 0
     data: str = ""
     optional: bool = True
+    idmap: IdMap | None = None
 
 
 def _depth(path: str) -> int:
@@ -86,6 +122,32 @@ def _noexec(policy: Policy, path: str) -> int:
         if e == path or e.startswith(path.rstrip("/") + "/") or path.startswith(e + "/"):
             return 0
     return sc.MS_NOEXEC
+
+
+def mount_attrs(flags: int) -> int:
+    """The MOUNT_ATTR_* bits for the MS_* per-mount `flags` of an Op."""
+    return sum(attr for ms, attr in _ATTRS if flags & ms)
+
+
+NO_ID = 0xFFFFFFFF  # (uid_t)-1: ids are 0 .. NO_ID - 1
+
+
+def gid_map(host_gid: int, kernel_gid: int) -> str:
+    """gid_map of an idmapped mount: `host_gid` on disk is the kernel's gid; every other gid is
+    itself, except `kernel_gid` on disk (its outside id is taken), which stays unmapped.
+
+    Why not only "host_gid kernel_gid 1": the VFS refuses every write to an inode with an
+    unmapped uid *or* gid, so the owner's files with another group (owner:staff) would be
+    read-only to the kernel. Mapping other gids to themselves grants nothing: the kernel has
+    no supplementary groups, and chown/chgrp are not in its seccomp allowlist."""
+    lines, start = [f"{host_gid} {kernel_gid} 1"], 0
+    for skip in sorted({host_gid, kernel_gid}):
+        if skip > start:
+            lines.append(f"{start} {start} {skip - start}")
+        start = skip + 1
+    if start < NO_ID:
+        lines.append(f"{start} {start} {NO_ID - start}")
+    return "\n".join(lines) + "\n"
 
 
 def _tmpfs_data(policy: Policy, mode: str) -> str:
@@ -116,6 +178,17 @@ def _private_mounts(policy: Policy) -> list[Op]:
     return ops
 
 
+def _idmap(policy: Policy, m: Mount) -> IdMap | None:
+    """The idmapping of `policy.mounts` entry `m`: only when the worker switches uid."""
+    if policy.uid is None:
+        return None
+    gid = policy.gid if policy.gid is not None else policy.uid
+    if (m.map_uid, m.map_gid) == (policy.uid, gid):
+        return None
+    return IdMap(policy.uid, gid, m.map_uid, m.map_gid,
+                 required=policy.enforcement == "strict")
+
+
 def _user_binds(policy: Policy) -> list[Op]:
     binds: dict[str, Op] = {}
     hostroot = policy.read == ALL or policy.write == ALL
@@ -129,7 +202,8 @@ def _user_binds(policy: Policy) -> list[Op]:
             binds[p] = Op("bind", p, p, RW | _noexec(policy, p))
     for m in policy.mounts:
         flags = RO if m.read_only else RW | _noexec(policy, m.target)
-        binds[m.target] = Op("bind", m.target, m.source, flags, optional=False)
+        binds[m.target] = Op("bind", m.target, m.source, flags, optional=False,
+                             idmap=_idmap(policy, m))
     for src, inside in policy.bind_files:
         binds[inside] = Op("bind", inside, src, RO | sc.MS_NOEXEC, optional=False)
     return sorted(binds.values(), key=lambda op: _depth(op.target))
@@ -154,6 +228,8 @@ class _View:
     def __init__(self, userns: bool, root_mode: bool) -> None:
         self.userns = userns
         self.mknod = root_mode and not userns
+        self.can_idmap = root_mode and not userns
+        self.procfs: str | None = None  # a procfs of our PID namespace, once mounted
         self.ours = {os.stat("/").st_dev}
 
     def mountpoint(self, path: str, is_dir: bool) -> None:
@@ -181,6 +257,9 @@ class _View:
         self.ours.add(os.stat(target).st_dev)
 
     def bind(self, op: Op) -> None:
+        if op.idmap is not None and self.can_idmap:
+            self.bind_idmapped(op, op.idmap)
+            return
         src = OLD + op.source
         try:
             st = os.lstat(src)
@@ -201,6 +280,63 @@ class _View:
                 raise
             sc.mount(src, op.target, None, sc.MS_BIND | sc.MS_REC)  # locked submounts
         self.remount(op.target, op.flags)
+
+    def bind_idmapped(self, op: Op, idmap: IdMap) -> None:
+        """open_tree (detached copy) → fstat owner → mount_setattr(idmap + flags) → move_mount.
+        The classic bind when the owner already is the kernel's uid/gid, or (best-effort only)
+        when the idmapping cannot be made."""
+        try:
+            fd = sc.open_tree(OLD + op.source, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+        except FileNotFoundError:
+            if op.optional:
+                return
+            raise MountError(f"mount source {op.source} does not exist") from None
+        except OSError as e:
+            if e.errno not in (errno.ENOSYS, errno.EPERM):
+                raise
+            self.idmap_failed(op, idmap, f"idmapped mount unsupported: open_tree: {e.strerror}")
+            return
+        try:
+            st = os.fstat(fd)
+            uid = st.st_uid if idmap.host_uid is None else idmap.host_uid
+            gid = st.st_gid if idmap.host_gid is None else idmap.host_gid
+            if (uid, gid) == (idmap.uid, idmap.gid):
+                not_mapped = "the owner already is the kernel's uid/gid"
+            else:
+                not_mapped = self.setattr_idmapped(fd, op, idmap, uid, gid)
+            if not not_mapped:
+                self.mountpoint(op.target, stat.S_ISDIR(st.st_mode))
+                sc.move_mount(fd, op.target)
+        finally:
+            os.close(fd)
+        if not_mapped:
+            self.idmap_failed(op, idmap, not_mapped, owner=(uid, gid))
+
+    def setattr_idmapped(self, fd: int, op: Op, idmap: IdMap, uid: int, gid: int) -> str:
+        """Idmap (and set the flags of) the detached mount `fd`; '' on success, else why not
+        (nothing was applied then: mount_setattr is all or nothing)."""
+        if self.procfs is None:  # plan() mounts /proc before every bind
+            raise MountError("idmapped mount needs the view's /proc first (plan order)")
+        try:
+            ns = sc.idmap_userns(f"{uid} {idmap.uid} 1", gid_map(gid, idmap.gid), self.procfs)
+            try:
+                sc.mount_setattr(fd, mount_attrs(op.flags) | sc.MOUNT_ATTR_IDMAP, userns_fd=ns)
+            finally:
+                os.close(ns)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                return f"idmapped mount unsupported on {sc.fs_type(fd)}"
+            return f"idmapped mount failed: {e.strerror}"
+        return ""
+
+    def idmap_failed(self, op: Op, idmap: IdMap, why: str,
+                     owner: tuple[int, int] | None = None) -> None:
+        """Strict: fail closed. Best-effort (or the owner already is the kernel): plain bind."""
+        if owner != (idmap.uid, idmap.gid) and idmap.required:
+            who = f" {owner[0]}:{owner[1]}" if owner else ""
+            raise MountError(f"{why} (mount of {op.source}: the kernel's uid {idmap.uid} "
+                             f"cannot act as its owner{who})")
+        self.bind(replace(op, idmap=None))
 
     def hostroot(self, flags: int) -> None:
         for name in sorted(os.listdir(OLD)):
@@ -228,6 +364,7 @@ class _View:
             sc.mount("proc", "/proc", "proc", flags, data or None)
         except OSError:  # kernels before 5.8: no subset=pid
             sc.mount("proc", "/proc", "proc", flags, None)
+        self.procfs = "/proc"
 
     def sysfs(self) -> None:
         self.mountpoint("/sys", True)

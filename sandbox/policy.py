@@ -35,11 +35,21 @@ SYS_KINDS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Mount:
-    """A host directory shown at `target` inside the kernel's mount namespace."""
+    """A host directory shown at `target` inside the kernel's mount namespace.
+
+    When the worker switches to `Policy.uid` (root zygote), the mount is *idmapped*: inside
+    it, the host ids `map_uid`/`map_gid` appear as the kernel's uid/gid (so the owner's
+    permission bits apply to the kernel) and whatever the kernel creates lands on disk owned
+    by `map_uid:map_gid`; every other on-disk id appears as the overflow id (65534).
+    None (the default) means the owner of `source` as `stat` sees it when the mount is made;
+    `map_uid == Policy.uid` (and `map_gid == Policy.gid`) means no idmapping.
+    """
 
     source: str
     target: str
     read_only: bool = False
+    map_uid: int | None = None
+    map_gid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class Policy:
     system_paths: read+execute paths needed to run at all (the runtime prefix, /usr, /lib...).
     sys: `/proc` and `/sys` views granted (e.g. "loadavg", "meminfo", "cpus") or ALL.
     mounts: bind mounts (the seed's filesystem mounting); the first one, if any, is the cwd.
+        Idmapped to their owner when `uid` is set (see `Mount`).
     bind_files: (host path, path inside) for single files to make visible (e.g. the worker's
         ZeroMQ endpoint socket).
     cgroup_dirs: cgroup directories (one per v1 controller, or one v2 dir) created by the

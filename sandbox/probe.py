@@ -39,6 +39,9 @@ class HostFeatures:
     cgroup_version: int | None
     cgroup_controllers: frozenset[str]
     memfd_noexec: bool = False  # per-PID-namespace vm.memfd_noexec settable (Linux >= 6.3, root)
+    # mount_setattr usable (Linux >= 5.12, not blocked), as root: idmapped `policy.mounts`.
+    # Whether a given filesystem supports idmapping is only known when mounting it.
+    idmap_mounts: bool = False
 
     @property
     def user_namespaces(self) -> bool:
@@ -106,7 +109,8 @@ def probe() -> HostFeatures:
         root=root, machine=platform.machine(), landlock_abi=sc.landlock_abi(),
         seccomp=_seccomp_ok(), namespaces=_namespaces(root),
         cgroup_version=lay.version, cgroup_controllers=ctrls,
-        memfd_noexec=root and os.path.exists("/proc/sys/vm/memfd_noexec"))
+        memfd_noexec=root and os.path.exists("/proc/sys/vm/memfd_noexec"),
+        idmap_mounts=root and sc.mount_setattr_available())
 
 
 def _ns_missing(policy: Policy, f: HostFeatures) -> list[str]:
@@ -151,6 +155,10 @@ def check(policy: Policy, features: HostFeatures) -> list[str]:
     if policy.exec_paths and policy.exec_paths != ALL and not features.memfd_noexec:
         out.append("vm.memfd_noexec (Linux >= 6.3, root): Landlock cannot stop execve of a "
                    "memfd, so `run` could not be limited to the listed programs")
+    if policy.mounts and policy.uid is not None and features.root \
+            and not features.idmap_mounts:
+        out.append("idmapped mounts (mount_setattr, Linux >= 5.12): the kernel's uid could not "
+                   "act as the owner of its filesystem mount")
     if policy.sys != ALL:
         out += [f"unknown sys kind {k!r}" for k in policy.sys if k not in SYS_KINDS]
     return out

@@ -16,6 +16,8 @@ Argument filters close what Landlock and namespaces do not:
   bits alone could be bypassed by setting high bits);
 - `prctl` read-only / self-only options, `personality` PER_LINUX (or query), `prlimit64` on self;
 - `execve`/`execveat` only when `policy.exec_paths` is non-empty (the worker itself never execs).
+- `chmod`/`fchmod`/`fchmodat` without S_ISUID/S_ISGID (`fchmodat2` is absent): idmapped mounts
+  write the kernel's files as the host directory's owner, often root.
 
 Absent on purpose (a sample): ptrace, process_vm_*, bpf, io_uring_*, userfaultfd, keyctl family,
 perf_event_open, mount/umount2/pivot_root/chroot and the new mount API, unshare, setns,
@@ -53,6 +55,12 @@ NS_FLAGS = (sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP | sc.CLONE_NEWUTS | sc.CLONE_NEW
             | sc.CLONE_NEWUSER | sc.CLONE_NEWPID | sc.CLONE_NEWNET)
 PER_LINUX, PER_QUERY = 0, 0xFFFFFFFF
 U64 = (1 << 64) - 1
+# S_ISUID | S_ISGID: in an idmapped filesystem mount the kernel's files are the host owner's
+# (often root) on disk; a setuid/setgid bit set there would hand that owner's ids to any host
+# user who can run the file (nosuid only protects the inside). Writes clear both bits on files
+# created with them (no CAP_FSETID), so chmod is the one way to set them on content.
+SETID_BITS = 0o6000
+_NO_SETID = "mode of own files, never S_ISUID/S_ISGID (files may land on the host as its owner's)"
 
 
 @dataclass(frozen=True)
@@ -90,8 +98,11 @@ _BASE: list[Rule] = [
             "directory walking and cwd"),
     *_allow("rename renameat renameat2 mkdir mkdirat rmdir unlink unlinkat link linkat "
             "symlink symlinkat", "namespace ops inside writable paths (Landlock decides)"),
-    *_allow("chmod fchmod fchmodat utime utimes utimensat futimesat umask",
-            "mode/times of own files (read-only mounts return EROFS)"),
+    *_allow("utime utimes utimensat futimesat umask",
+            "times of own files (read-only mounts return EROFS), umask"),
+    Rule("chmod", _NO_SETID, (Arg(1, "masked_eq", 0, SETID_BITS),)),
+    Rule("fchmod", _NO_SETID, (Arg(1, "masked_eq", 0, SETID_BITS),)),
+    Rule("fchmodat", _NO_SETID, (Arg(2, "masked_eq", 0, SETID_BITS),)),
     *_allow("truncate ftruncate fallocate fsync fdatasync sync_file_range fadvise64 readahead",
             "file size and cache hints"),
     *_allow("getxattr lgetxattr fgetxattr listxattr llistxattr flistxattr setxattr lsetxattr "

@@ -14,7 +14,7 @@ def features(**kw: object) -> HostFeatures:
     base: dict[str, object] = {"root": True, "machine": "x86_64", "landlock_abi": 7,
                                "seccomp": True, "namespaces": ALL_NS, "cgroup_version": 1,
                                "cgroup_controllers": frozenset({"memory", "pids", "cpu"}),
-                               "memfd_noexec": True}
+                               "memfd_noexec": True, "idmap_mounts": True}
     base.update(kw)
     return HostFeatures(**base)  # type: ignore[arg-type]
 
@@ -22,7 +22,8 @@ def features(**kw: object) -> HostFeatures:
 def test_round_trip_through_plain_data() -> None:
     p = Policy(uid=64001, gid=64001, read=("/data",), write=ALL, exec_paths=("/usr/bin/true",),
                sys=("loadavg",), net=NetPolicy(mode="proxy", proxy_port=9),
-               mounts=(Mount("/srv/k", "/home/kernel"),), bind_files=(("/run/a", "/run/b"),),
+               mounts=(Mount("/srv/k", "/home/kernel"), Mount("/srv/j", "/j", True, 7, 8)),
+               bind_files=(("/run/a", "/run/b"),),
                limits=Limits(memory_bytes=1, processes=None), env=(("A", "1"),))
     assert from_dict(to_dict(p)) == p
     assert from_dict({}) == Policy()
@@ -53,6 +54,8 @@ def test_fully_capable_host_reports_nothing() -> None:
     ({"root": False}, Policy(uid=12345678), "switch to uid 12345678"),
     ({}, Policy(uid=1, sys=("teapot",)), "unknown sys kind 'teapot'"),
     ({"memfd_noexec": False}, Policy(uid=1, exec_paths=("/bin/x",)), "vm.memfd_noexec"),
+    ({"idmap_mounts": False}, Policy(uid=1, mounts=(Mount("/srv/k", "/home/kernel"),)),
+     "idmapped mounts"),
 ])
 def test_missing_features_are_named(kw: dict[str, object], policy: Policy, expected: str) -> None:
     missing = check(policy, features(**kw))
@@ -86,3 +89,17 @@ def test_prepare_refuses_instance_gaps_in_strict_mode() -> None:
         assert exc.value.stage == "probe"
     relaxed = sandbox.prepare(Policy(uid=None, enforcement="best-effort"), f)
     assert relaxed.missing and relaxed.bpf
+
+
+def test_idmapped_mounts_only_needed_for_mounts_and_a_uid_switch() -> None:
+    f = features(idmap_mounts=False)
+    assert check(Policy(uid=64001), f) == []
+    assert check(Policy(uid=None, mounts=(Mount("/srv/k", "/home/kernel"),),
+                        limits=Limits(processes=None, cpu_shares=None)), f) == []
+    assert check(Policy(uid=64001, mounts=(Mount("/srv/k", "/home/kernel"),)), features()) == []
+
+
+def test_old_mount_dicts_still_load() -> None:
+    """Policies serialised before `map_uid`/`map_gid` existed mean "the source's owner"."""
+    p = from_dict({"mounts": [{"source": "/a", "target": "/b", "read_only": True}]})
+    assert p.mounts == (Mount("/a", "/b", True, None, None),)

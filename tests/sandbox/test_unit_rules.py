@@ -125,6 +125,15 @@ def test_exec_only_with_run_permission() -> None:
     assert {"execve", "execveat"} <= names(seccomp.build(Policy(exec_paths=("/usr/bin/true",))))
 
 
+def test_chmod_never_sets_setuid_or_setgid() -> None:
+    rules = [r for r in seccomp.build(Policy()) if r.name in ("chmod", "fchmod", "fchmodat")]
+    assert {r.name: r.args for r in rules} == {
+        "chmod": (seccomp.Arg(1, "masked_eq", 0, 0o6000),),
+        "fchmod": (seccomp.Arg(1, "masked_eq", 0, 0o6000),),
+        "fchmodat": (seccomp.Arg(2, "masked_eq", 0, 0o6000),)}
+    assert len(rules) == 3 and "fchmodat2" not in names(seccomp.build(Policy(exec_paths=ALL)))
+
+
 def test_clone3_is_enosys_and_clone_has_no_namespace_flags() -> None:
     rules = seccomp.build(Policy())
     assert [r.action for r in rules if r.name == "clone3"] == ["enosys"]
@@ -221,6 +230,53 @@ def test_plan_orders_parents_first_and_sets_flags() -> None:
     tmp = ops[0]
     assert "size=1048576" in tmp.data and "uid=64001" in tmp.data and "gid=64002" in tmp.data
     assert "mode=0700" in tmp.data
+
+
+def test_filesystem_mounts_are_idmapped_when_the_uid_switches() -> None:
+    m = Mount("/srv/k", "/home/kernel")
+    (op,) = [o for o in mounts.plan(Policy(uid=64001, gid=64002, mounts=(m,))) if o.idmap]
+    assert op.target == "/home/kernel" and op.source == "/srv/k"
+    assert op.idmap == mounts.IdMap(64001, 64002, None, None, required=True)
+    assert op.flags == sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+    best = mounts.plan(Policy(uid=64001, mounts=(Mount("/s", "/t", True, 5, 6),),
+                              enforcement="best-effort"))
+    (op,) = [o for o in best if o.idmap]
+    assert op.idmap == mounts.IdMap(64001, 64001, 5, 6, required=False)
+    assert op.flags & sc.MS_RDONLY
+    # no uid switch, or the kernel's own ids asked for: a plain bind
+    assert not any(o.idmap for o in mounts.plan(Policy(mounts=(m,))))
+    same = Mount("/srv/k", "/home/kernel", map_uid=64001, map_gid=64001)
+    assert not any(o.idmap for o in mounts.plan(Policy(uid=64001, mounts=(same,))))
+    # other binds (read/write grants) are never idmapped
+    assert not any(o.idmap for o in mounts.plan(Policy(uid=64001, write=("/w",), read=("/r",))))
+
+
+def test_proc_is_mounted_before_any_idmapped_bind() -> None:
+    """The idmap user namespace is found through the view's own /proc (our PID namespace)."""
+    ops = mounts.plan(Policy(uid=1, read=ALL, mounts=(Mount("/srv/k", "/home/kernel"),)))
+    kinds_ = [o.kind if not o.idmap else "idmap" for o in ops]
+    assert kinds_.index("proc") < kinds_.index("idmap")
+
+
+def test_mount_attrs_and_gid_map() -> None:
+    assert mounts.mount_attrs(sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC) == (
+        sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC)
+    assert mounts.mount_attrs(sc.MS_BIND) == 0
+    assert mounts.gid_map(0, 200000) == "0 200000 1\n1 1 199999\n200001 200001 4294767294\n"
+    assert mounts.gid_map(1234, 200000) == ("1234 200000 1\n0 0 1234\n1235 1235 198765\n"
+                                            "200001 200001 4294767294\n")
+    for host, kernel in [(0, 200000), (1234, 200000), (200000, 200000), (5, 4), (0, 0),
+                         (4294967294, 7)]:
+        extents = [tuple(map(int, line.split())) for line in
+                   mounts.gid_map(host, kernel).splitlines()]
+        inside = [range(a, a + n) for a, _, n in extents]
+        outside = [range(b, b + n) for _, b, n in extents]
+        assert extents[0] == (host, kernel, 1) and len(extents) <= 5  # no sorting needed
+        assert sum(len(r) for r in inside) == 0xFFFFFFFF - (host != kernel)
+        for ranges in (inside, outside):  # injective: no id twice on either side
+            spans = sorted((r.start, r.stop) for r in ranges)
+            assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+            assert spans[-1][1] <= 0xFFFFFFFF
 
 
 def test_exec_grant_lifts_noexec() -> None:

@@ -1,0 +1,95 @@
+"""Pure parts of the daemon, the client and the CLI: argument checks, log format, sd_notify,
+output rendering. (The real daemon is exercised in tests/integration/test_daemon*.py.)"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import uuid
+
+import pytest
+
+from kerneld import InvalidArgument
+from kerneld._ops import OPS, check_args
+from kerneld.cli import render_event
+from kerneld.manager import KernelManager
+from kerneld.protocol import KernelEvent
+from kerneld.server import _Formatter, _Notifier
+
+
+def test_every_manager_op_exists_on_the_manager_and_the_clients() -> None:
+    from kerneld.client import AsyncClient, Client
+    for name, op in OPS.items():
+        if op.kind != "local" or name == "get_kernel":
+            assert callable(getattr(KernelManager, name)), name
+        if name not in ("subscribe", "unsubscribe"):
+            assert callable(getattr(AsyncClient, name)) and callable(getattr(Client, name))
+    for name in ("on_kernel_event", "off_kernel_event", "close"):
+        assert callable(getattr(AsyncClient, name)) and callable(getattr(Client, name))
+
+
+def test_check_args() -> None:
+    op = OPS["execute"]
+    check_args("execute", op, {"kernel_id": "k", "code": "1", "silent": True})
+    with pytest.raises(InvalidArgument, match=r"execute: unknown arguments a, b \(accepted: "):
+        check_args("execute", op, {"kernel_id": "k", "code": "1", "b": 1, "a": 2})
+    with pytest.raises(InvalidArgument, match="missing required argument code"):
+        check_args("execute", op, {"kernel_id": "k"})
+    with pytest.raises(InvalidArgument, match="argument code must be str, not int"):
+        check_args("execute", op, {"kernel_id": "k", "code": 1})
+    with pytest.raises(InvalidArgument, match="allow_stdin must be bool"):
+        check_args("execute", op, {"kernel_id": "k", "code": "1", "allow_stdin": "yes"})
+    with pytest.raises(InvalidArgument, match="timeout must be int or float or null, not bool"):
+        check_args("set_inactivity_timeout", OPS["set_inactivity_timeout"],
+                   {"kernel_id": "k", "timeout": True})
+    check_args("set_inactivity_timeout", OPS["set_inactivity_timeout"],
+               {"kernel_id": "k", "timeout": None})
+
+
+def test_log_lines_are_plain_and_journal_prefixed() -> None:
+    record = logging.LogRecord("kerneld.server", logging.WARNING, __file__, 1,
+                               "kernel died kernel=%s", ("k1",), None)
+    assert _Formatter(False).format(record) == "WARNING kerneld.server: kernel died kernel=k1"
+    assert _Formatter(True).format(record) == "<4>WARNING kerneld.server: kernel died kernel=k1"
+
+
+def test_sd_notify_to_an_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"kerneld-unit-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
+        sink.bind("\0" + name)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        monkeypatch.setenv("WATCHDOG_USEC", "3000000")
+        notifier = _Notifier.from_env()
+        import os
+        assert "NOTIFY_SOCKET" not in os.environ  # never inherited by anything started later
+        assert notifier.watchdog_interval == 1.5
+        assert notifier.send("READY=1\nSTATUS=ok")
+        assert sink.recv(100) == b"READY=1\nSTATUS=ok"
+    assert not _Notifier(None, None).send("READY=1")
+
+
+def test_watchdog_for_another_pid_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "3000000")
+    monkeypatch.setenv("WATCHDOG_PID", "1")
+    assert _Notifier.from_env().watchdog_interval is None
+
+
+def _render(kind: str, data: dict[str, object]) -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    render_event(KernelEvent(kind, data, "k", "e"), out, err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_cli_rendering() -> None:
+    assert _render("stream", {"name": "stdout", "text": "a\n"}) == ("a\n", "")
+    assert _render("stream", {"name": "stderr", "text": "b\n"}) == ("", "b\n")
+    assert _render("execute_result", {"data": {"text/plain": "42"}}) == ("42\n", "")
+    assert _render("display_data", {"data": {"text/html": "<b>", "image/png": "..",
+                                             "text/plain": "<Figure>"}}) == (
+        "[display_data: text/html, image/png] <Figure>\n", "")
+    assert _render("display_data", {"data": {"image/png": ".."}}) == (
+        "[display_data: image/png]\n", "")
+    assert _render("execute_error", {"ename": "E", "evalue": "v",
+                                     "traceback": ["line 1", "E: v"]}) == ("", "line 1\nE: v\n")
+    assert _render("clear_output", {"wait": False}) == ("", "")
