@@ -119,7 +119,7 @@ class _Channel:
         for name, text in self.chunks:
             if text:
                 msg = p.Output(self.exec_id, "stream", {"name": name, "text": text})
-                self.sock.send(p.encode(msg), copy=False)
+                self.sock.send(p.encode(msg))
         self.chunks.clear()
         self.chunk_bytes = 0
 
@@ -137,13 +137,13 @@ class _Channel:
         with self.lock:
             self._locked_drain()
             self._locked_emit()
-            self.sock.send(p.encode(msg), copy=False)
+            self.sock.send(p.encode(msg))
 
     def finish(self, done: p.Done) -> None:
         with self.lock:
             self._locked_drain()
             self._locked_emit()
-            self.sock.send(p.encode(done), copy=False)
+            self.sock.send(p.encode(done))
             self.exec_id = None
 
     def pump(self, ready: list[int]) -> None:
