@@ -689,8 +689,9 @@ class SyncExecutionStream:
                 except StopAsyncIteration:
                     return
                 yield event
-        finally:
-            if not self._client._loop.is_closed() and self._stream.result is None:
+        finally:  # abandoned early: stop routing its events (never from the loop's thread)
+            if (self._stream.result is None and not self._client._loop.is_closed()
+                    and threading.current_thread() is not self._client._thread):
                 self._client._run(_close(events))
 
     def wait(self) -> p.ExecutionResult:

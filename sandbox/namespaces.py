@@ -190,9 +190,27 @@ def forbid_memfd_exec() -> bool:
     return True
 
 
+def hide_foreign_init() -> None:
+    """Mask /proc/1 when PID 1 of our PID namespace is an init that is not this process.
+
+    Such an init (kerneld-init, spawned by `fork` before the worker existed) stays in the
+    host's mount and network namespaces, and procfs serves `/proc/<pid>/mountinfo`, `mounts`
+    and `net/*` without any ptrace check: through /proc/1 the worker could read the host's
+    mount table and network state (connections, UNIX socket paths, interfaces). An empty
+    read-only tmpfs (mode 000) over /proc/1 hides all of it; the worker never needs it.
+    Runs after the view is built (its /proc is mounted) and before the capability drop."""
+    if os.getpid() == 1 or not os.path.isdir("/proc/1"):
+        return
+    sc.mount("tmpfs", "/proc/1", "tmpfs",
+             sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+             "mode=000,size=4k,nr_inodes=1")
+
+
 def finish(policy: Policy, *, netns: bool) -> None:
-    """Hostname (unless `sys` grants the host's) and loopback of the new network namespace."""
+    """Hostname (unless `sys` grants the host's), loopback of the new network namespace, and
+    a foreign init's /proc entry hidden (`hide_foreign_init`)."""
     if not (policy.sys == ALL or "hostname" in policy.sys):
         sc.sethostname(policy.hostname)
     if policy.net.mode == "proxy" and netns:  # "none": no AF_INET socket can exist anyway
         sc.loopback_up()
+    hide_foreign_init()

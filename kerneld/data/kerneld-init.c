@@ -26,9 +26,11 @@ int main(int argc, char **argv) {
     if (argc != 3) return 2;
     uid_t uid = (uid_t)strtoul(argv[1], NULL, 10);
     gid_t gid = (gid_t)strtoul(argv[2], NULL, 10);
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) return 3;
     if (setgroups(0, NULL) != 0 || setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0)
         return 4;
+    /* after the uid switch, which clears it: die with the zygote (the supervisor also kills
+     * this process whenever the worker exits, which covers the instant before this line) */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) return 3;
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_DUMPABLE, 0) != 0) return 5;
     for (int fd = 3; fd < 1024; fd++) close(fd);
 

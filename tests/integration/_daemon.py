@@ -137,13 +137,20 @@ class Daemon:
 
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
-    """Those still running (zombies count as gone: only their exit status is left)."""
+    """Those still running. Dead but unreaped processes count as gone: zombies, and a kernel's
+    init that has exited and waits in the kernel for its namespace's zombies to be reaped
+    (it has no memory left: /proc/PID/statm reads all zeros). This machine's PID 1 does not
+    reap orphans promptly; under systemd both vanish at once."""
     out = []
     for proc in processes:
         try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                out.append(proc)
-        except psutil.Error:
+            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            with open(f"/proc/{proc.pid}/statm") as f:
+                if f.read().split()[0] == "0":
+                    continue  # exited: its address space is gone
+            out.append(proc)
+        except (psutil.Error, OSError):
             pass
     return out
 

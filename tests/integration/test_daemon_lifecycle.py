@@ -70,6 +70,7 @@ def test_sigterm_ends_executions_and_leaves_nothing(daemon: Daemon) -> None:
     result = box["result"]
     assert result is not None and result.error["ename"] == "DaemonShutdown", box  # type: ignore[attr-defined]
     assert not daemon.socket_path.exists()
+    assert list(daemon.socket_path.parent.iterdir()) == []  # the manager's worker dir too
     left = wait_gone(tree, 1.0)
     assert not left, _cmdlines(left)
     assert "STOPPING=1" in daemon.messages or daemon.wait_for_notify("STOPPING=1", 1)

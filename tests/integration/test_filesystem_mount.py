@@ -16,8 +16,9 @@ import pytest
 import pytest_asyncio
 
 import sandbox
-from kerneld import KernelManager
+from kerneld import KernelManager, SandboxUnavailable
 from kerneld.config import ManagerConfig
+from sandbox import _syscalls as sc
 
 RUNTIME = ManagerConfig().runtime_python
 FEATURES = sandbox.probe()
@@ -100,3 +101,16 @@ async def test_read_only_mount(manager: KernelManager, host_dir: Path) -> None:
     finally:
         await manager.destroy_kernel(kid)
     assert sorted(p.name for p in host_dir.iterdir()) == ["host.txt"]
+
+
+async def test_filesystem_that_cannot_be_idmapped_fails_closed(manager: KernelManager) -> None:
+    """ramfs has no idmapped mounts: the default (strict) profile refuses to start the kernel
+    rather than give it a directory it could not use as its owner."""
+    d = tempfile.mkdtemp(prefix="kd-ramfs-")
+    sc.mount("ramfs", d, "ramfs", 0, "mode=0700")
+    try:
+        with pytest.raises(SandboxUnavailable, match="idmapped mount unsupported on ramfs"):
+            await manager.create_kernel(filesystem={"root": d})
+    finally:
+        sc.umount2(d, sc.MNT_DETACH)
+        os.rmdir(d)

@@ -12,10 +12,11 @@ import pytest
 
 from kerneld import InvalidArgument
 from kerneld._ops import OPS, check_args
+from kerneld._service import Notifier as _Notifier
+from kerneld._service import _Formatter
 from kerneld.cli import render_event
 from kerneld.manager import KernelManager
 from kerneld.protocol import KernelEvent
-from kerneld.server import _Formatter, _Notifier
 
 
 def test_every_manager_op_exists_on_the_manager_and_the_clients() -> None:
