@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import stat
 import tempfile
 import textwrap
@@ -21,6 +22,7 @@ import pytest
 from _support import Driver, confined, result
 
 from sandbox import _syscalls as sc
+from sandbox import mounts
 
 pytestmark = [pytest.mark.sandbox, *confined]
 
@@ -57,7 +59,9 @@ WORK = textwrap.dedent(f"""
     with open("sub/inner.txt", "w") as f:
         f.write("inner")
     result = {{"uid": os.getuid(), "cwd": os.getcwd(), "read": open("host.txt").read(),
-               "root_owner": [st.st_uid, st.st_gid], "listing": sorted(os.listdir("."))}}
+               "root_owner": [st.st_uid, st.st_gid], "listing": sorted(os.listdir(".")),
+               # the idmap helper child was reaped (waitpid(-1, WNOHANG | __WALL))
+               "children": errno_of(os.waitpid, -1, os.WNOHANG | 0x40000000)}}
 """)
 
 
@@ -67,7 +71,7 @@ def test_root_owned_0700_dir_is_usable_and_files_land_owned_by_root(
     (host_dir / "host.txt").chmod(0o600)
     res = result(driver.run(pol(uid, host_dir), WORK))
     assert res == {"uid": uid, "cwd": MP, "read": "from the host", "root_owner": [uid, uid],
-                   "listing": ["host.txt", "out.txt", "sub"]}
+                   "listing": ["host.txt", "out.txt", "sub"], "children": errno.ECHILD}
     assert (host_dir / "out.txt").read_text() == "from the kernel"
     assert (host_dir / "sub" / "inner.txt").read_text() == "inner"
     assert owners(host_dir) == {"host.txt": (0, 0), "out.txt": (0, 0), "sub": (0, 0),
@@ -92,6 +96,7 @@ def test_dir_of_another_uid_gets_that_uid(driver: Driver, uid: int, host_dir: Pa
     os.chown(host_dir, 1234, 1234)
     res = result(driver.run(pol(uid, host_dir), WORK))
     assert res["read"] == "theirs" and res["root_owner"] == [uid, uid]
+    assert res["children"] == errno.ECHILD
     assert owners(host_dir) == {"host.txt": (1234, 1234), "out.txt": (1234, 1234),
                                 "sub": (1234, 1234), "sub/inner.txt": (1234, 1234)}
 
@@ -223,3 +228,30 @@ def test_unsupported_filesystem_fails_closed_in_strict_mode(driver: Driver, uid:
     code = f"result = [os.stat({MP!r}).st_uid, errno_of(os.listdir, {MP!r})]"
     best = result(driver.run(pol(uid, ramfs_dir, enforcement="best-effort"), code))
     assert best == [0, errno.EACCES]  # a plain bind: the kernel is not the owner there
+
+
+@pytest.mark.parametrize("sigchld", [signal.SIG_DFL, signal.SIG_IGN])
+def test_idmap_userns_helper(sigchld: Any) -> None:
+    """`idmap_userns` (here in the test process, as root): a user namespace fd with the maps
+    asked for, a helper child reaped by `reap_userns_helpers`, SIGCHLD disposition kept."""
+    old = signal.signal(signal.SIGCHLD, sigchld)
+    try:
+        fds = [sc.idmap_userns("0 200000 1", mounts.gid_map(0, 200000)) for _ in range(3)]
+        pids = [pid for pid, _ in sc._userns_helpers]
+        assert len(pids) == 3 and signal.getsignal(signal.SIGCHLD) == sigchld
+        for fd in fds:
+            assert os.readlink(f"/proc/self/fd/{fd}").startswith("user:[")
+        assert len({os.fstat(fd).st_ino for fd in fds}) == 3  # three distinct namespaces
+        if sigchld == signal.SIG_DFL:  # (ignored: an exited helper may be auto-reaped by now)
+            proc = Path(f"/proc/{pids[0]}")
+            assert (proc / "uid_map").read_text().split() == ["0", "200000", "1"]
+            assert (proc / "gid_map").read_text().split()[:3] == ["0", "200000", "1"]
+        sc.reap_userns_helpers()
+        assert sc._userns_helpers == [] and len(sc._free_stacks) >= 3
+        for pid in pids:  # reaped, not left as zombies
+            with pytest.raises(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG | 0x40000000)
+        for fd in fds:
+            os.close(fd)
+    finally:
+        signal.signal(signal.SIGCHLD, old)

@@ -3,6 +3,7 @@ rlimits. No root, no children."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import resource
 
@@ -275,7 +276,7 @@ def test_mount_attrs_and_gid_map() -> None:
         assert sum(len(r) for r in inside) == 0xFFFFFFFF - (host != kernel)
         for ranges in (inside, outside):  # injective: no id twice on either side
             spans = sorted((r.start, r.stop) for r in ranges)
-            assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+            assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
             assert spans[-1][1] <= 0xFFFFFFFF
 
 
