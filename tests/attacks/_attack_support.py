@@ -17,7 +17,7 @@ import asyncio
 import json
 import os
 import textwrap
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 

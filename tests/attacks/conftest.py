@@ -29,10 +29,10 @@ import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _attack_support import Outcome, parse, stdout_of, wrap  # noqa: E402
+from _attack_support import Outcome, parse, stdout_of, wrap
 
-from kerneld import KernelManager  # noqa: E402
-from kerneld.config import ManagerConfig  # noqa: E402
+from kerneld import KernelManager
+from kerneld.config import ManagerConfig
 
 SECRET_ENV = "KERNELD_ATTACK_SECRET"
 SECRET_VALUE = "s3cr3t-" + os.urandom(6).hex()
@@ -50,7 +50,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:  # http.server's API name
         body = b"hello from the host test server"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -222,12 +222,8 @@ class Lab:
         lock = self._locks.setdefault(profile, asyncio.Lock())
         async with lock:
             kid = self._kernels.get(profile)
-            if kid is not None:
-                try:
-                    if self.mgr.get_kernel(kid) and self._status(kid) != "dead":
-                        return kid
-                except Exception:  # noqa: BLE001 - gone: make a new one
-                    pass
+            if kid is not None and self._status(kid) not in ("dead", "gone"):
+                return kid
             kid = await self.mgr.create_kernel(profile=profile)
             self._kernels[profile] = kid
             return kid
@@ -272,6 +268,7 @@ async def lab(host_targets: HostTargets,
     config = ManagerConfig(profile_dirs=(str(profile_dir),), uid_range=UID_RANGE)
     try:
         async with KernelManager(config) as mgr:
+            await mgr.start()
             yield Lab(mgr, host_targets, str(profile_dir))
     finally:
         os.environ.pop(SECRET_ENV, None)

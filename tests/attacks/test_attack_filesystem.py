@@ -240,6 +240,15 @@ CASES = [
          Err("ENOENT", "FileNotFoundError"), HOST, Ok(value=1)),
     Case("open-dev-kvm", "os.close(os.open('/dev/kvm', os.O_RDWR)); return 1",
          Err("ENOENT", "FileNotFoundError"), HOST, Ok(value=1)),
+    Case("device-ioctl-on-urandom",
+         "import fcntl, struct\nfd = os.open('/dev/urandom', os.O_RDONLY)\n"
+         "return struct.unpack('i', fcntl.ioctl(fd, 0x80045200, b'\\0' * 4))[0]  # RNDGETENTCNT",
+         Err("EACCES", "PermissionError"), HOST, Ok(pred=lambda v: v >= 0)),
+    Case("immutable-flag-on-own-file",
+         "import fcntl, struct, tempfile\nfd, p = tempfile.mkstemp()\n"
+         "try:\n    fcntl.ioctl(fd, 0x40086602, struct.pack('l', 0x10))   # FS_IOC_SETFLAGS +i\n"
+         "    fcntl.ioctl(fd, 0x40086602, struct.pack('l', 0))\nfinally:\n    os.unlink(p)\n"
+         "return 1", Err("EPERM", "PermissionError"), HOST, Ok(value=1)),
     Case("open-dev-kmsg", "os.close(os.open('/dev/kmsg', os.O_RDONLY)); return 1",
          Err("ENOENT", "FileNotFoundError"), HOST, Ok(value=1)),
     Case("open-dev-tty", "os.close(os.open('/dev/tty', os.O_RDWR)); return 1",
@@ -314,9 +323,8 @@ async def test_fd_hunt_finds_no_host_socket_or_file(lab) -> None:
     assert out.ok, out
     for entry in out.value:
         target = entry["target"]
-        assert (target.startswith(("pipe:", "socket:", "anon_inode:"))
-                or target in ("/dev/null", "/proc/self/fd")
-                or target.startswith("/proc/")), entry
+        assert (target.startswith(("pipe:", "socket:", "anon_inode:", "/proc/"))
+                or target == "/dev/null"), entry
         if target.startswith("socket:"):
             assert entry["listening"] == 0, entry
             assert entry["family"] == int(socket.AF_UNIX), entry
