@@ -12,6 +12,7 @@ running one are dropped: a worker cannot speak out of turn.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import collections
 import datetime as dt
 import logging
@@ -157,11 +158,12 @@ class _Kernel:
         forked = await mgr.zygote.fork(
             kernel_id=self.id, token=self.token,
             endpoint=f"ipc://{WORKER_SOCKET}" if confine else mgr.hub.endpoint,
-            confine=confine, policy=policy, env=dict(policy.env),
+            confine=confine, policy=dataclasses.replace(policy, env=()),
             cwd=policy.mounts[0].source if (policy.mounts and not confine) else None)
         self.pid, self.init_pid = forked.pid, forked.init_pid
         mgr.track_pid(self.pid, self)
         await asyncio.wait_for(self._hello, timeout=30)
+        self.send(p.Activate(dict(policy.env)))  # ahead of any Execute on the same socket
         if confine and policy.net.mode == "proxy":
             await self._start_proxy()
 

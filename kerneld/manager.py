@@ -78,7 +78,7 @@ class KernelManager:
             if base is not None:
                 os.makedirs(base, exist_ok=True)
             self._runtime_dir = tempfile.mkdtemp(prefix="kerneld-", dir=base)
-            os.chmod(self._runtime_dir, 0o711)
+            os.chmod(self._runtime_dir, 0o700)  # workers see only the bind-mounted socket
             self._ctx = zmq.Context()
             self._hub = WorkerHub(self._ctx, os.path.join(self._runtime_dir, "workers.sock"))
         if self._zygote is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kerneld import protocol as p
+from kerneld.execution import Execution
 
 if TYPE_CHECKING:
     from kerneld.kernels import _Kernel
@@ -100,6 +101,16 @@ class Pool:
             inactivity_timeout=None, max_execution_time=None))
         try:
             await worker._spawn()
+            # one silent throwaway cell: the copy-on-write faults of a first execution
+            # (~2 ms) are paid here, not by the kernel this worker will serve
+            worker.status = "idle"
+            worker.submit(Execution(worker.id, "None", allow_stdin=False, silent=True,
+                                    store_history=False, streaming=False))
+            assert worker.current is not None
+            await worker.current.future
+        except asyncio.CancelledError:
+            await worker.kill()
+            raise
         except Exception as exc:
             state.failures += 1
             log.error("pool worker failed to start profile=%s error=%s", profile, exc)

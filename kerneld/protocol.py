@@ -14,7 +14,7 @@ Client ↔ daemon (client DEALER → daemon ROUTER; the ROUTER prepends the peer
 Manager ↔ worker (worker DEALER, routing id = the kernel's secret token → manager ROUTER):
 
     manager → worker  [ Execute | InputReply | Complete | Inspect | IsComplete | Shutdown
-                        | Activate (pooled workers only, before anything else) ]
+                        | Activate (first, right after Hello) ]
     worker → manager  [ Hello ] once, then
                       [ Output{exec_id, type, data} ]*  events of the running execution, in order
                       [ Done{exec_id, status, ...} ]    end of that execution
@@ -117,7 +117,9 @@ class Shutdown(msgspec.Struct, frozen=True, tag="shutdown", tag_field="t"):
 
 
 class Activate(msgspec.Struct, frozen=True, tag="activate", tag_field="t"):
-    """A pooled worker starts serving a kernel: its environment becomes exactly `env`."""
+    """The worker's environment becomes exactly `env`; sent right after Hello (and again when
+    a pooled worker starts serving a kernel). Environments travel only this way, never through
+    the zygote, whose memory every later worker inherits."""
 
     env: dict[str, str]
 
@@ -162,8 +164,7 @@ class ForkRequest(msgspec.Struct, frozen=True, tag="fork", tag_field="t"):
     token: bytes
     endpoint: str
     confine: bool
-    policy: Any  # sandbox.Policy, encoded as a dataclass; decoded by the zygote with its type
-    env: dict[str, str] = {}
+    policy: Any  # sandbox.Policy without its env (see Activate); decoded by the zygote
     cwd: str | None = None
 
 

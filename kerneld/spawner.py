@@ -166,7 +166,7 @@ class WorkerHub:
         self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_WORKER_MESSAGE)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.bind(self.endpoint)
-        os.chmod(socket_path, 0o666)  # its directory (0711) is what keeps host users out
+        os.chmod(socket_path, 0o666)  # its directory (0700) keeps host users out
         self.sinks: dict[bytes, Callable[[Any], None]] = {}
         self.loop = asyncio.get_running_loop()
         self._drain_scheduled = False

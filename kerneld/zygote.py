@@ -50,6 +50,31 @@ def _write(payload: bytes) -> None:
         data = data[n:]
 
 
+_BYTES_HEADER = sys.getsizeof(b"") - 1  # offset of a bytes object's data in CPython
+
+
+def _wipe(data: bytes) -> None:
+    """Overwrite a decoded secret (a kernel's token) with zeros, in place.
+
+    Every worker is a copy of this process: what a request left in its memory, freed or not,
+    would be readable by every later kernel. `bytes` are immutable to Python code, but this
+    one is private to the zygote and never interned at this size."""
+    import ctypes
+    if len(data) > 1:
+        ctypes.memset(id(data) + _BYTES_HEADER, 0, len(data))
+
+
+def _read_exact(fd: int, buf: bytearray) -> bool:
+    """Fill `buf` from `fd` (no reallocation, so nothing is left behind in freed memory)."""
+    view, got = memoryview(buf), 0
+    while got < len(buf):
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            return False
+        got += n
+    return True
+
+
 def _preload(modules: list[str]) -> None:
     for name in modules:
         try:
@@ -91,7 +116,7 @@ class Zygote:
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        buffer = bytearray()
+        header = bytearray(4)
         while True:
             try:
                 ready, _, _ = select.select([0, wake_r, *self.children], [], [])
@@ -109,12 +134,26 @@ class Zygote:
                 if fd in self.children:
                     self._boot_status(fd)
             if 0 in ready:
-                chunk = os.read(0, 1 << 20)
-                if not chunk:
-                    os._exit(0)  # the manager went away
-                buffer += chunk
-                for payload in p.unframe(buffer):
-                    self._fork(p.fork_request_decoder.decode(payload))
+                self._request(header)
+
+    def _request(self, header: bytearray) -> None:
+        """Read one fork request into a buffer of its exact size, fork, zero the buffer."""
+        if not _read_exact(0, header):
+            os._exit(0)  # the manager went away
+        size = int.from_bytes(header, "big")
+        if size > self.protocol.MAX_REQUEST_BYTES:
+            os._exit(EXIT_BOOT)  # the manager never sends this: the pipe is corrupt
+        payload = bytearray(size)
+        try:
+            if not _read_exact(0, payload):
+                os._exit(0)
+            req = self.protocol.fork_request_decoder.decode(payload)
+        finally:
+            payload[:] = bytes(size)  # same length: overwritten in place
+        try:
+            self._fork(req)
+        finally:
+            _wipe(req.token)  # later workers inherit this memory: leave no secret in it
 
     def _reap(self) -> None:
         p = self.protocol
@@ -177,8 +216,7 @@ class Zygote:
                     os._exit(EXIT_SANDBOX)  # the zygote died before the death signal was armed
                 os.close(self.pidfd)
             else:
-                os.environ.clear()
-                os.environ.update(req.env)
+                os.environ.clear()  # the environment arrives with Activate
                 if req.cwd:
                     os.chdir(req.cwd)
             os.close(status_w)

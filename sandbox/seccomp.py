@@ -91,12 +91,22 @@ def _allow(names: str, reason: str) -> list[Rule]:
 _BASE: list[Rule] = [
     *_allow("read write readv writev pread64 pwrite64 preadv pwritev preadv2 pwritev2",
             "I/O on open fds"),
-    *_allow("open openat openat2 creat close close_range", "open/close files (Landlock decides)"),
+    *_allow("close close_range", "close files"),
+    # open/openat/creat: Landlock decides which paths; the mode may not carry S_ISUID/S_ISGID
+    # (O_CREAT with 06755 would otherwise leave a setid file on the host through an idmapped
+    # mount). glibc passes mode 0 when O_CREAT/O_TMPFILE is absent, Python its 0o777/0o666.
+    Rule("open", _NO_SETID, (Arg(2, "masked_eq", 0, SETID_BITS),)),
+    Rule("openat", _NO_SETID, (Arg(3, "masked_eq", 0, SETID_BITS),)),
+    Rule("creat", _NO_SETID, (Arg(1, "masked_eq", 0, SETID_BITS),)),
+    Rule("openat2", "its mode lives in a struct seccomp cannot read: ENOSYS makes libc fall "
+                    "back to openat", action="enosys"),
     *_allow("stat fstat lstat newfstatat statx statfs fstatfs", "file metadata"),
     *_allow("access faccessat faccessat2", "permission checks (glibc uses faccessat2 first)"),
     *_allow("lseek getdents getdents64 getcwd chdir fchdir readlink readlinkat",
             "directory walking and cwd"),
-    *_allow("rename renameat renameat2 mkdir mkdirat rmdir unlink unlinkat link linkat "
+    Rule("mkdir", _NO_SETID, (Arg(1, "masked_eq", 0, SETID_BITS),)),
+    Rule("mkdirat", _NO_SETID, (Arg(2, "masked_eq", 0, SETID_BITS),)),
+    *_allow("rename renameat renameat2 rmdir unlink unlinkat link linkat "
             "symlink symlinkat", "namespace ops inside writable paths (Landlock decides)"),
     *_allow("utime utimes utimensat futimesat umask",
             "times of own files (read-only mounts return EROFS), umask"),

@@ -143,9 +143,10 @@ def test_no_chown_no_setid_no_exec_and_third_uids_keep_their_files(
             os.close(fd)
         open("prog", "w").write("#!/bin/sh\\n")
         os.umask(0)
-        create("created_setid", 0o6755)
         third = os.stat("third.txt")
         result = {
+            "create_setid": errno_of(create, "created_setid", 0o6755),
+            "create_plain": errno_of(create, "created_plain", 0o755),
             "chown_root": errno_of(os.chown, "prog", 0, 0),
             "chown_other": errno_of(os.chown, "prog", 4321, -1),
             "chgrp_other": errno_of(os.chown, "prog", -1, 4321),
@@ -175,6 +176,8 @@ def test_no_chown_no_setid_no_exec_and_third_uids_keep_their_files(
         "chown_self": errno.EPERM,
         # seccomp refuses S_ISUID/S_ISGID in chmod; other modes work (positive control)
         "chmod_suid": errno.EPERM, "chmod_sgid": errno.EPERM, "fchmod_suid": errno.EPERM,
+        # ... and in the mode of open(O_CREAT) (positive control: a plain mode works)
+        "create_setid": errno.EPERM, "create_plain": 0,
         "chmod_plain": 0, "nosuid": True, "noexec": True,
         # a third uid's files: overflow uid (gids other than the owner's keep their number),
         # only "other" bits, and the VFS refuses to change or remove inodes whose owner the
@@ -186,7 +189,8 @@ def test_no_chown_no_setid_no_exec_and_third_uids_keep_their_files(
         "mine_write": 0, "mine_staff": [50, 0]}
     host = {p.name: p.lstat() for p in host_dir.iterdir()}
     assert (host["prog"].st_uid, host["prog"].st_gid) == (0, 0)
-    for name in ("prog", "created_setid"):
+    assert "created_setid" not in host
+    for name in ("prog", "created_plain"):
         assert not host[name].st_mode & (stat.S_ISUID | stat.S_ISGID), (name, host[name])
     assert (host["third.txt"].st_uid, host["third.txt"].st_mode & 0o777) == (4321, 0o644)
     assert (host_dir / "mine.txt").read_text() == "mine.txt+"
