@@ -210,7 +210,26 @@ def _user_binds(policy: Policy) -> list[Op]:
                              idmap=_idmap(policy, m))
     for src, inside in policy.bind_files:
         binds[inside] = Op("bind", inside, src, RO | sc.MS_NOEXEC, optional=False)
+    if not hostroot and policy.exec_paths != ALL and policy.exec_paths:
+        binds.update(_program_binds(policy))
     return sorted(binds.values(), key=lambda op: _depth(op.target))
+
+
+BIN_DIRS = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin")
+
+
+def _program_binds(policy: Policy) -> dict[str, Op]:
+    """With `run` limited to a list, the program directories are noexec and each granted
+    program is bound over itself, executable. Landlock must let every dynamic program map
+    its ELF interpreter, and the interpreter run directly (`ld.so /usr/bin/uname`) maps any
+    readable binary itself; noexec makes that mmap fail outside the granted programs."""
+    assert policy.exec_paths != ALL
+    dirs = (*BIN_DIRS, policy.runtime_prefix.rstrip("/") + "/bin")
+    ops = {d: Op("bind", d, d, RO | sc.MS_NOEXEC) for d in dirs}
+    for prog in policy.exec_paths:
+        if any(prog == d or prog.startswith(d + "/") for d in dirs):
+            ops[prog] = Op("bind", prog, prog, RO)
+    return ops
 
 
 def plan(policy: Policy) -> tuple[Op, ...]:
