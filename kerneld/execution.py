@@ -26,6 +26,7 @@ class Execution:
         self.kernel_id, self.code = kernel_id, code
         self.allow_stdin, self.silent, self.store_history = allow_stdin, silent, store_history
         self.outputs: list[KernelEvent] = []
+        self.has_result = False  # an execute_result event is among the outputs
         self.queue: asyncio.Queue[KernelEvent | None] | None = (
             asyncio.Queue() if streaming else None)
         self.future: asyncio.Future[ExecutionResult] = (
@@ -42,6 +43,8 @@ class Execution:
 
     def add(self, event: KernelEvent) -> None:
         self.outputs.append(event)
+        if event.type == "execute_result":
+            self.has_result = True
         if self.queue is not None:
             self.queue.put_nowait(event)
 

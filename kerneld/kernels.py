@@ -276,6 +276,10 @@ class _Kernel:
         current = self.current
         if current is None or msg.exec_id != current.id:
             return
+        if msg.result is not None and not current.has_result:
+            event = p.KernelEvent("execute_result", msg.result, self.id, current.id)
+            current.add(event)
+            self.manager.dispatch(event)
         status = msg.status if msg.status in ("ok", "error") else "error"
         if msg.execution_count is not None:
             self.execution_count = msg.execution_count

@@ -259,7 +259,9 @@ class _Worker:
             raise KeyboardInterrupt
 
     def _emit(self, type_: str, data: dict[str, Any]) -> None:
-        if self.exec_id is not None:
+        # execute_result travels inside Done (one message less per cell; the manager emits
+        # the event from it, in its place: the last expression's value is the cell's end)
+        if self.exec_id is not None and type_ != "execute_result":
             self.channel.publish(p.Output(self.exec_id, type_, data))
 
     def _request_input(self, prompt: str, password: bool) -> str:
