@@ -7,9 +7,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kerneld.errors import (DaemonUnavailable, InternalError, InvalidArgument, KernelError,
-                            KernelNotFound, KernelStartError, LimitExceeded, PermissionDenied,
-                            ProfileError, SandboxUnavailable)
+from kerneld.errors import (
+    DaemonUnavailable,
+    InternalError,
+    InvalidArgument,
+    KernelError,
+    KernelNotFound,
+    KernelStartError,
+    LimitExceeded,
+    PermissionDenied,
+    ProfileError,
+    SandboxUnavailable,
+)
 from kerneld.execution import ExecutionStream
 from kerneld.kernels import KernelEvents, KernelMode
 from kerneld.manager import Kernel, KernelManager, create_kernel, create_kernel_manager
@@ -40,9 +49,26 @@ def connect_async(address: str | None = None, **options: Any) -> AsyncClient:
 
 
 __all__ = [
-    "KernelManager", "Kernel", "KernelMode", "KernelEvents", "KernelEvent", "ExecutionResult",
-    "ExecutionStream", "create_kernel", "create_kernel_manager", "connect", "connect_async",
-    "KernelError", "KernelNotFound", "InvalidArgument", "ProfileError", "PermissionDenied",
-    "LimitExceeded", "SandboxUnavailable", "KernelStartError", "DaemonUnavailable",
-    "InternalError", "__version__",
+    "DaemonUnavailable",
+    "ExecutionResult",
+    "ExecutionStream",
+    "InternalError",
+    "InvalidArgument",
+    "Kernel",
+    "KernelError",
+    "KernelEvent",
+    "KernelEvents",
+    "KernelManager",
+    "KernelMode",
+    "KernelNotFound",
+    "KernelStartError",
+    "LimitExceeded",
+    "PermissionDenied",
+    "ProfileError",
+    "SandboxUnavailable",
+    "__version__",
+    "connect",
+    "connect_async",
+    "create_kernel",
+    "create_kernel_manager",
 ]

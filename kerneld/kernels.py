@@ -12,8 +12,8 @@ running one are dropped: a worker cannot speak out of turn.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import collections
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -29,8 +29,7 @@ import psutil
 import sandbox
 from kerneld import lifecycle
 from kerneld import protocol as p
-from kerneld.errors import (KernelError, KernelStartError, PermissionDenied,
-                            SandboxUnavailable)
+from kerneld.errors import KernelError, KernelStartError, PermissionDenied, SandboxUnavailable
 from kerneld.execution import Execution
 from kerneld.inprocess import InProcessKernel
 
@@ -194,7 +193,7 @@ class _Kernel:
             if self._exited is not None and not self._exited.done():
                 try:
                     await asyncio.wait_for(asyncio.shield(self._exited), timeout=5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     log.error("worker did not exit after SIGKILL kernel=%s pid=%s", self.id, pid)
             self.manager.track_pid(pid, None)
         self._release()
@@ -450,7 +449,7 @@ class _Kernel:
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "namespace": self.namespace, "mode": self.mode.value,
                 "profile": self.profile.name, "status": self.status,
-                "created": dt.datetime.fromtimestamp(self.created, dt.timezone.utc).isoformat(),
+                "created": dt.datetime.fromtimestamp(self.created, dt.UTC).isoformat(),
                 "pid": self.pid, "execution_count": self.execution_count,
                 "memory_bytes": self.memory_bytes()}
 

@@ -34,8 +34,14 @@ import zmq
 
 from kerneld import protocol as p
 from kerneld.config import ManagerConfig
-from kerneld.errors import (InvalidArgument, KernelError, KernelNotFound, KernelStartError,
-                            LimitExceeded, PermissionDenied)
+from kerneld.errors import (
+    InvalidArgument,
+    KernelError,
+    KernelNotFound,
+    KernelStartError,
+    LimitExceeded,
+    PermissionDenied,
+)
 from kerneld.execution import Execution, ExecutionStream
 from kerneld.kernels import KernelMode, _Kernel
 from kerneld.pool import Pool
@@ -521,5 +527,10 @@ async def create_kernel(config: ManagerConfig | None = None, **options: Any) -> 
     return Kernel(manager, kernel_id, owns_manager=True)
 
 
-__all__ = ["KernelManager", "Kernel", "create_kernel", "create_kernel_manager",
-           "KernelStartError"]
+__all__ = [
+    "Kernel",
+    "KernelManager",
+    "KernelStartError",
+    "create_kernel",
+    "create_kernel_manager",
+]

@@ -70,7 +70,7 @@ class ZygoteClient:
         assert self.proc.stdout is not None
         try:
             header = await asyncio.wait_for(self.proc.stdout.readexactly(4 + 5), timeout=60)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, asyncio.IncompleteReadError) as exc:
             if self.proc.returncode is None:
                 self.proc.kill()
             raise KernelStartError(f"the zygote failed to start ({self.python}); see the "
@@ -143,7 +143,7 @@ class ZygoteClient:
             proc.stdin.close()
         try:
             await asyncio.wait_for(proc.wait(), timeout=2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
         if self._reader is not None:
@@ -231,4 +231,4 @@ def runtime_python_default() -> str:
     return os.environ.get("KERNELD_RUNTIME_PYTHON", "/opt/kerneld/runtime/bin/python")
 
 
-__all__ = ["ZygoteClient", "WorkerHub", "runtime_python_default", "SOURCE_DIR"]
+__all__ = ["SOURCE_DIR", "WorkerHub", "ZygoteClient", "runtime_python_default"]

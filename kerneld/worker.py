@@ -113,8 +113,8 @@ class _Channel:
         if self.exec_id is None:
             return
         if self.dropped:
-            self.chunks.insert(0, ["stderr", f"[kerneld] {self.dropped} bytes written between "
-                                             "executions were dropped\n"])
+            notice = f"[kerneld] {self.dropped} bytes written between executions were dropped\n"
+            self.chunks.insert(0, ["stderr", notice])
             self.dropped = 0
         for name, text in self.chunks:
             if text:

@@ -93,7 +93,7 @@ class Zygote:
         import zmq  # noqa: F401  (imported for the workers; never instantiated here)
 
         import sandbox
-        from kerneld import kernel, protocol, worker  # noqa: F401
+        from kerneld import kernel, protocol, worker
         self.sandbox = sandbox
         self.protocol = protocol
         self.worker = worker
@@ -110,7 +110,6 @@ class Zygote:
         gc.freeze()
 
     def serve(self) -> None:
-        p = self.protocol
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
