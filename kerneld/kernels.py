@@ -136,7 +136,9 @@ class _Kernel:
         confine = mgr.config.confine
         self.uid = mgr.allocate_uid() if confine else None
         if confine and os.geteuid() == 0:
-            name = f"{self.id.replace(':', '_')}-{secrets.token_hex(4)}"
+            # m<pid>-: the owning manager's pid, so a later manager can sweep what a killed one
+            # left behind (sandbox.cgroups.sweep)
+            name = f"m{os.getpid()}-{self.id.replace(':', '_')}-{secrets.token_hex(4)}"
             self.cgroup_dirs = sandbox.cgroups.create(name, self.profile.policy_limits())
         policy = self.build_policy(self.uid, self.cgroup_dirs)
         if confine:

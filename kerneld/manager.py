@@ -24,6 +24,7 @@ import inspect
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 import uuid
@@ -32,6 +33,7 @@ from typing import Any
 
 import zmq
 
+import sandbox
 from kerneld import protocol as p
 from kerneld.config import ManagerConfig
 from kerneld.errors import (
@@ -83,7 +85,8 @@ class KernelManager:
             base = self.config.runtime_dir or ("/run" if os.geteuid() == 0 else None)
             if base is not None:
                 os.makedirs(base, exist_ok=True)
-            self._runtime_dir = tempfile.mkdtemp(prefix="kerneld-", dir=base)
+            _sweep_leftovers(base or tempfile.gettempdir())
+            self._runtime_dir = tempfile.mkdtemp(prefix=f"kerneld-{os.getpid()}-", dir=base)
             os.chmod(self._runtime_dir, 0o700)  # workers see only the bind-mounted socket
             self._ctx = zmq.Context()
             self._hub = WorkerHub(self._ctx, os.path.join(self._runtime_dir, "workers.sock"))
@@ -490,6 +493,28 @@ class Kernel:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _dead_owner(name: str, prefix: str) -> bool:
+    """Whether `name` is `<prefix><pid>-...` for a pid that no longer runs."""
+    head = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
+    return head.isdigit() and not os.path.exists(f"/proc/{head}")
+
+
+def _sweep_leftovers(base: str) -> None:
+    """Remove what managers killed without cleanup left: their worker-socket directories
+    (`kerneld-<pid>-*`) and empty kernel cgroups (`m<pid>-*`)."""
+    try:
+        for name in os.listdir(base):
+            if _dead_owner(name, "kerneld-"):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+    except OSError:
+        pass
+    if os.geteuid() == 0:
+        try:
+            sandbox.cgroups.sweep(lambda name: _dead_owner(name, "m"))
+        except OSError:
+            pass
 
 
 def _mode(mode: KernelMode | str) -> KernelMode:

@@ -27,6 +27,7 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -228,6 +229,30 @@ def create(name: str, limits: Limits, parent: str | None = None,
                           frozenset({"memory.memsw.limit_in_bytes", "memory.swappiness"}))
         return tuple(dirs)
     raise OSError(errno.ENOTSUP, "no writable cgroup hierarchy on this host")
+
+
+def sweep(is_stale: Callable[[str], bool], lay: Layout | None = None) -> int:
+    """Remove the empty kernel cgroups whose name `is_stale` says belongs to a supervisor that
+    is gone (one killed with SIGKILL cannot clean up after itself). Returns how many."""
+    lay = lay or layout()
+    removed = 0
+    for _, base in lay.bases:
+        top = os.path.join(base, PARENT_NAME)
+        try:
+            names = os.listdir(top)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(top, name)
+            if not os.path.isdir(path) or not is_stale(name):
+                continue
+            try:
+                if not _pids(path):
+                    os.rmdir(path)
+                    removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def _pids(directory: str) -> list[int]:
