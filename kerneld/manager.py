@@ -258,6 +258,13 @@ class KernelManager:
         execution = self._submit(kernel_id, code, allow_stdin, silent, store_history, False)
         return await execution.future
 
+    def submit(self, kernel_id: str, code: str, *, allow_stdin: bool = False,
+               silent: bool = False, store_history: bool = True,
+               ) -> asyncio.Future[p.ExecutionResult]:
+        """Queue an execution now and return the future of its result (what `execute` awaits);
+        for callers such as the daemon that answer from a done-callback."""
+        return self._submit(kernel_id, code, allow_stdin, silent, store_history, False).future
+
     def _submit(self, kernel_id: str, code: str, allow_stdin: bool, silent: bool,
                 store_history: bool, streaming: bool) -> Execution:
         kernel = self._get(kernel_id)

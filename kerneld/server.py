@@ -367,10 +367,10 @@ class Server:
     def _dispatch(self, ident: bytes, req: p.Request, kind: str) -> None:
         mgr = self.manager
         if req.op == "execute":
-            # Submitted here, synchronously: the worker gets the code in this very callback,
-            # not one loop iteration later (only the wait for the result is a task).
-            stream = mgr.execute_stream(**req.args)
-            self._task(self._answer(ident, req.id, req.op, stream.wait()))
+            # Submitted here, synchronously, and answered from the future's done-callback: no
+            # task per execution (a task only when the client's queue is full).
+            future = mgr.submit(**req.args)
+            future.add_done_callback(lambda f, i=ident, r=req.id: self._answer_done(i, r, f))
         elif kind == "async":
             self._task(self._answer(ident, req.id, req.op,
                                     getattr(mgr, req.op)(**req.args)))
@@ -402,6 +402,21 @@ class Server:
         else:
             payload = _ok_payload(rid, value)
         await self._deliver(ident, payload)
+
+    def _answer_done(self, ident: bytes, rid: str, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            payload = _error_payload(rid, DaemonUnavailable(
+                "the daemon shut down before this request finished"))
+        elif isinstance(future.exception(), KernelError):
+            payload = _error_payload(rid, future.exception())  # type: ignore[arg-type]
+        elif future.exception() is not None:
+            exc = future.exception()
+            log.error("execute failed error=%r", exc)
+            payload = _error_payload(rid, InternalError(f"execute: {type(exc).__name__}: {exc}"))
+        else:
+            payload = _ok_payload(rid, future.result())
+        if self._send(ident, payload) == _AGAIN:
+            self._task(self._deliver(ident, payload))
 
     async def _stream(self, ident: bytes, rid: str, stream: Any) -> None:
         gone = False
