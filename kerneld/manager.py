@@ -383,7 +383,7 @@ class KernelManager:
         return self._get(kernel_id).execution_info()
 
     def get_ongoing_execution_count(self, kernel_id: str) -> int:
-        return self._get(kernel_id).execution_info()["count"]
+        return int(self._get(kernel_id).execution_info()["count"])
 
     def get_stuck_executions(self, kernel_id: str) -> list[dict[str, Any]]:
         return [e for e in self._get(kernel_id).execution_info()["executions"] if e["is_stuck"]]

@@ -218,12 +218,12 @@ ToClient = Union[Event, Reply]
 
 _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode
-to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)  # type: ignore[arg-type]
-from_worker_decoder = msgspec.msgpack.Decoder(FromWorker)  # type: ignore[arg-type]
-from_zygote_decoder = msgspec.msgpack.Decoder(FromZygote)  # type: ignore[arg-type]
+to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
+from_worker_decoder = msgspec.msgpack.Decoder(FromWorker)
+from_zygote_decoder = msgspec.msgpack.Decoder(FromZygote)
 fork_request_decoder = msgspec.msgpack.Decoder(ForkRequest)
 request_decoder = msgspec.msgpack.Decoder(Request)
-to_client_decoder = msgspec.msgpack.Decoder(ToClient)  # type: ignore[arg-type]
+to_client_decoder = msgspec.msgpack.Decoder(ToClient)
 
 DecodeError = msgspec.DecodeError
 _LEN = struct.Struct(">I")

@@ -46,6 +46,7 @@ answered with InternalError.
 from __future__ import annotations
 
 import asyncio
+import functools
 import grp
 import logging
 import os
@@ -370,7 +371,7 @@ class Server:
             # Submitted here, synchronously, and answered from the future's done-callback: no
             # task per execution (a task only when the client's queue is full).
             future = mgr.submit(**req.args)
-            future.add_done_callback(lambda f, i=ident, r=req.id: self._answer_done(i, r, f))
+            future.add_done_callback(functools.partial(self._answer_done, ident, req.id))
         elif kind == "async":
             self._task(self._answer(ident, req.id, req.op,
                                     getattr(mgr, req.op)(**req.args)))

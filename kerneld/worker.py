@@ -230,7 +230,7 @@ def _capture_fds() -> tuple[int, int]:
         ends.append(r)
     sys.stdout = _text_stream(1)
     sys.stderr = _text_stream(2)
-    sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
+    sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr  # type: ignore[misc]
     return ends[0], ends[1]
 
 

@@ -43,7 +43,7 @@ _state: dict[str, Any] = {"userns": False, "pid_ns": False, "init_pid": None}
 
 def in_own_userns() -> bool:
     """True in a worker whose user namespace was created by `fork` (non-root mode)."""
-    return _state["userns"]
+    return bool(_state["userns"])
 
 
 def write_id_maps(uid: int, gid: int) -> None:
