@@ -252,3 +252,17 @@ def processes_of_uid(uid: int) -> list[int]:
         except OSError:
             continue
     return out
+
+
+def with_child(expr: str) -> str:
+    """A snippet evaluating `expr` while a sleeping child process of its own (`child`) exists."""
+    return ("child = os.fork()\n"
+            "if child == 0:\n"
+            "    time.sleep(30)\n"
+            "    os._exit(0)\n"
+            "try:\n"
+            "    time.sleep(0.05)\n"
+            f"    return {expr}\n"
+            "finally:\n"
+            "    os.kill(child, 9)\n"
+            "    os.waitpid(child, 0)\n")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from _attack_support import HOST, Case, Err, Not, Ok, Outcome, ids, processes_of_uid
+from _attack_support import (HOST, Case, Err, Not, Ok, Outcome, ids, processes_of_uid,
+                             with_child)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -53,18 +54,6 @@ def _host_sees_control_file(lab, out: Outcome, params: dict) -> None:
 
 
 
-def with_child(expr: str) -> str:
-    """A snippet evaluating `expr` while a child process of its own (`child`) sleeps."""
-    return ("child = os.fork()\n"
-            "if child == 0:\n"
-            "    time.sleep(30)\n"
-            "    os._exit(0)\n"
-            "try:\n"
-            "    time.sleep(0.05)\n"
-            f"    return {expr}\n"
-            "finally:\n"
-            "    os.kill(child, 9)\n"
-            "    os.waitpid(child, 0)\n")
 
 CASES = [
     # --- reading host files -------------------------------------------------------------------

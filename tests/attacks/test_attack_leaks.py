@@ -9,7 +9,7 @@ import os
 import socket
 
 import pytest
-from _attack_support import HOST, Case, Err, Ok, ids, run_on_host
+from _attack_support import HOST, Case, Err, Ok, ids, run_on_host, with_child
 from conftest import SECRET_ENV, SECRET_VALUE
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -23,17 +23,6 @@ def p(lab) -> dict:
             "unix": lab.t.unix_path}
 
 
-def with_child(expr: str) -> str:
-    return ("child = os.fork()\n"
-            "if child == 0:\n"
-            "    time.sleep(30)\n"
-            "    os._exit(0)\n"
-            "try:\n"
-            "    time.sleep(0.05)\n"
-            f"    return {expr}\n"
-            "finally:\n"
-            "    os.kill(child, 9)\n"
-            "    os.waitpid(child, 0)\n")
 
 
 SCAN_FOR_SECRET = """

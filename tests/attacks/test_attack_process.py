@@ -12,6 +12,7 @@ import signal
 import psutil
 import pytest
 from _attack_support import (
+    with_child,
     HOST,
     Case,
     Err,
@@ -31,18 +32,6 @@ def pids(lab) -> dict:
     return {"mgr": os.getpid(), "zygote": lab.mgr.zygote.proc.pid, "tag": os.urandom(4).hex()}
 
 
-def with_child(expr: str) -> str:
-    """Evaluate `expr` while a sleeping child of the snippet (`child`) exists."""
-    return ("child = os.fork()\n"
-            "if child == 0:\n"
-            "    time.sleep(30)\n"
-            "    os._exit(0)\n"
-            "try:\n"
-            "    time.sleep(0.05)\n"
-            f"    return {expr}\n"
-            "finally:\n"
-            "    os.kill(child, 9)\n"
-            "    os.waitpid(child, 0)\n")
 
 
 PTRACE_ATTACH = """
