@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+REFILL_DELAY = 0.05  # seconds between serving from the pool and starting its replacement
+
 
 @dataclass
 class PoolState:
@@ -142,7 +144,9 @@ class Pool:
         state.idle -= 1
         state.served += 1
         self._transfer(worker, kernel)
-        self.refill()
+        # refill a moment later: a fork and a confinement compete for the CPUs with the
+        # served kernel's first execution, which is what the caller is waiting for
+        asyncio.get_running_loop().call_later(REFILL_DELAY, self.refill)
         return True
 
     def _transfer(self, worker: _Kernel, kernel: _Kernel) -> None:
