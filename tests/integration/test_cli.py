@@ -3,19 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
 from _daemon import Daemon, cli
-
-
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    d = Daemon()
-    try:
-        yield d.wait_ready()
-    finally:
-        d.close()
 
 
 def test_run_streams_stdout_and_stderr_apart(daemon: Daemon) -> None:

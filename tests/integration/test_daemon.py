@@ -28,15 +28,6 @@ from kerneld import (
 from kerneld import protocol as p
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    d = Daemon()
-    try:
-        yield d.wait_ready()
-    finally:
-        d.close()
-
-
 @pytest.fixture
 def client(daemon: Daemon) -> Iterator[kerneld.client.Client]:
     with kerneld.connect(daemon.address) as c:

@@ -18,15 +18,6 @@ import kerneld
 from kerneld import protocol as p
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    d = Daemon()
-    try:
-        yield d.wait_ready()
-    finally:
-        d.close()
-
-
 @pytest.fixture
 def raw(daemon: Daemon) -> Iterator[zmq.Socket[bytes]]:
     ctx = zmq.Context()
