@@ -226,9 +226,4 @@ class WorkerHub:
             pass
 
 
-def runtime_python_default() -> str:
-    """The worker runtime interpreter: $KERNELD_RUNTIME_PYTHON, else the setup's prefix."""
-    return os.environ.get("KERNELD_RUNTIME_PYTHON", "/opt/kerneld/runtime/bin/python")
-
-
-__all__ = ["SOURCE_DIR", "WorkerHub", "ZygoteClient", "runtime_python_default"]
+__all__ = ["SOURCE_DIR", "WorkerHub", "ZygoteClient"]
