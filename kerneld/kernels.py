@@ -93,6 +93,8 @@ class _Kernel:
         self.proxy: Any = None
         self._hello: asyncio.Future[None] | None = None
         self._exited: asyncio.Future[None] | None = None
+        self._init_exited: asyncio.Future[None] | None = None
+        self._init_killed = False
         self._asks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._restarting = False
         _check_mount_root(options["filesystem"], manager.config.mount_roots)
@@ -163,6 +165,10 @@ class _Kernel:
             cwd=policy.mounts[0].source if (policy.mounts and not confine) else None)
         self.pid, self.init_pid = forked.pid, forked.init_pid
         mgr.track_pid(self.pid, self)
+        self._init_killed = False
+        self._init_exited = loop.create_future() if self.init_pid is not None else None
+        if self.init_pid is not None:
+            mgr.track_pid(self.init_pid, self)
         await asyncio.wait_for(self._hello, timeout=30)
         self.send(p.Activate(dict(policy.env)))  # ahead of any Execute on the same socket
         if confine and policy.net.mode == "proxy":
@@ -198,16 +204,29 @@ class _Kernel:
                 except TimeoutError:
                     log.error("worker did not exit after SIGKILL kernel=%s pid=%s", self.id, pid)
             self.manager.track_pid(pid, None)
+        await self._wait_init()
         self._release()
 
     def _kill_init(self) -> None:
         """SIGKILL the kernel's PID 1: the kernel then kills everything in its namespace."""
-        if self.init_pid is not None:
+        if self.init_pid is not None and not self._init_killed:
+            self._init_killed = True
             try:
                 os.kill(self.init_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.init_pid = None
+
+    async def _wait_init(self) -> None:
+        """Wait until the zygote has reaped the init: only then is the namespace empty."""
+        if self.init_pid is None:
+            return
+        if self._init_exited is not None and not self._init_exited.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._init_exited), timeout=5)
+            except TimeoutError:
+                log.error("kernel init did not exit kernel=%s pid=%s", self.id, self.init_pid)
+        self.manager.track_pid(self.init_pid, None)
+        self.init_pid = None
 
     def _release(self) -> None:
         if self.token:
@@ -299,6 +318,11 @@ class _Kernel:
             return
         if not isinstance(msg, p.Exited):
             return
+        if zygote_died or (self.init_pid is not None and msg.pid == self.init_pid):
+            if self._init_exited is not None and not self._init_exited.done():
+                self._init_exited.set_result(None)
+            if not zygote_died:
+                return  # the init's own exit; the worker's is reported separately
         if self._exited is not None and not self._exited.done():
             self._exited.set_result(None)
         if self._hello is not None and not self._hello.done():

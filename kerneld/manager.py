@@ -166,11 +166,10 @@ class KernelManager:
         kernel = self._by_pid.get(getattr(msg, "pid", -1))
         if kernel is not None:
             kernel.on_zygote_message(msg)
-        else:
-            self.pool.on_zygote_message(msg)
+        self.pool.on_zygote_message(msg)  # idle pooled workers are tracked too
 
     def _on_zygote_exit(self) -> None:
-        for kernel in list(self._by_pid.values()):
+        for kernel in set(self._by_pid.values()):
             kernel.on_zygote_message(p.Exited(kernel.pid or 0, None, None), zygote_died=True)
         self.pool.on_zygote_exit()
 

@@ -123,8 +123,6 @@ class Pool:
         if self._closed:
             await worker.kill()
             return
-        assert worker.pid is not None
-        self.manager.track_pid(worker.pid, None)  # exits now come to on_zygote_message
         state.failures = 0
         state.idle += 1
         self.idle.setdefault(profile, collections.deque()).append(worker)
@@ -151,25 +149,29 @@ class Pool:
 
     def _transfer(self, worker: _Kernel, kernel: _Kernel) -> None:
         """Move the worker's process, identity and confinement onto the kernel."""
-        for attr in ("pid", "init_pid", "uid", "token", "cgroup_dirs", "proxy", "_exited"):
+        for attr in ("pid", "init_pid", "uid", "token", "cgroup_dirs", "proxy", "_exited",
+                     "_init_exited", "_init_killed"):
             setattr(kernel, attr, getattr(worker, attr))
         mgr = self.manager
         mgr.hub.register(kernel.token, kernel.on_message)
         assert kernel.pid is not None
         mgr.track_pid(kernel.pid, kernel)
+        if kernel.init_pid is not None:
+            mgr.track_pid(kernel.init_pid, kernel)
         env = kernel.build_policy(kernel.uid, kernel.cgroup_dirs).env
         kernel.send(p.Activate(dict(env)))
 
     def on_zygote_message(self, msg: Any) -> None:
-        """A pooled worker exited or failed: drop it and start another."""
+        """An idle pooled worker exited or failed (its own record already heard it, through
+        the manager): drop it, release what it held, start another."""
+        pid = getattr(msg, "pid", None)
         for name, idle in self.idle.items():
             for worker in list(idle):
-                if worker.pid == getattr(msg, "pid", None):
+                if worker.pid == pid:
                     idle.remove(worker)
                     self.states[name].idle -= 1
-                    worker.on_zygote_message(msg)
                     asyncio.ensure_future(worker.kill())
-        self.refill()
+                    self.refill()
 
     def on_zygote_exit(self) -> None:
         for name, idle in self.idle.items():
