@@ -197,6 +197,8 @@ def control_profiles(t: HostTargets) -> dict[str, str]:
     return {
         "ctl-read": f'read = ["{t.read_dir}", "/etc", "{t.config_dir}"]\n',
         "ctl-write": f'write = ["{t.write_dir}"]\n',
+        # the world-writable dir granted read-only: only the read-only bind stands in the way
+        "ro-write-dir": f'read = ["{t.write_dir}"]\n',
         "ctl-run": 'run = ["/usr/bin/id", "/usr/bin/mount", "/usr/bin/true"]\n',
         "ctl-net": f'net = ["127.0.0.1:{t.http_port}"]\n',
         "ctl-sock": f'read = ["{t.sock_dir}", "{t.zmq_dir}"]\n',

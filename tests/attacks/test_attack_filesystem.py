@@ -175,6 +175,16 @@ CASES = [
     Case("truncate-host-file", "os.truncate(P['victim'], 0); return 1",
          Err("ENOENT", "FileNotFoundError"), "ctl-write", Ok(value=1), params=targets,
          host_check=_nothing_new_in_write_dir, control_check=_host_sees_truncation),
+    # read grants carry Landlock's TRUNCATE right (it shortens the kernel's path walk): the
+    # read-only bind must still refuse truncation of a file any host user may write
+    Case("truncate-read-granted-file", "os.truncate(P['victim'], 0); return 1",
+         Err("EROFS", "OSError"), "ctl-write", Ok(value=1), params=targets,
+         host_check=_nothing_new_in_write_dir, control_check=_host_sees_truncation,
+         attack_profile="ro-write-dir"),
+    Case("open-trunc-read-granted-file", "open(P['victim'], 'w').close(); return 1",
+         Err("EROFS", "OSError"), "ctl-write", Ok(value=1), params=targets,
+         host_check=_nothing_new_in_write_dir, control_check=_host_sees_truncation,
+         attack_profile="ro-write-dir"),
     Case("write-host-tmp",
          "p = f'/tmp/kerneld-attack-{P[\"tag\"]}'; open(p, 'w').write('x'); return p",
          Ok(pred=lambda v: v.startswith("/tmp/")), "ctl-write", Ok(), params=targets,
