@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import builtins
 import getpass
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,15 @@ class _DisplayHook(DisplayHook):  # type: ignore[misc]
     def write_output_prompt(self) -> None:
         pass
 
+    def quiet(self) -> bool:
+        """IPython tokenizes the whole cell to look for a trailing `;` (a third of a `1+1`
+        execution); a cell without any `;` cannot end with one."""
+        try:
+            cell = self.shell.history_manager.input_hist_parsed[-1]
+        except IndexError:
+            return False
+        return ";" in cell and bool(self.semicolon_at_end_of_expression(cell))
+
     def compute_format_data(self, result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """`1+1` fast path: IPython runs ten formatters for an int; for exact int/str/bool
         with no user-registered formatter the outcome is just `repr` (a unit test compares)."""
@@ -104,12 +114,48 @@ class _DisplayHook(DisplayHook):  # type: ignore[misc]
         self.engine.emit("execute_result", content)
 
 
+# What IPython's static input transformations react to (magics, shell escapes, help, pasted
+# prompts, autocall escapes at a line start); a cell with none of it, starting with a
+# non-blank character, comes out of them unchanged. Deliberately broader than needed
+# (`!=` or `%` in a string take the full path): a false match only costs time.
+_SPECIAL = re.compile(r"[%!?]|>>>|\.\.\.|In \[|^[ \t]*[,;/]", re.MULTILINE)
+
+
 class _Shell(InteractiveShell):  # type: ignore[misc]
     """IPython's shell with kerneld's display hook and publisher built in (as ipykernel's
     ZMQInteractiveShell does), so `sys.displayhook` swaps use them too."""
 
     displayhook_class = Type(_DisplayHook)
     display_pub_class = Type(_Publisher)
+
+    def init_instance_attrs(self) -> None:
+        super().init_instance_attrs()
+        self._stock_transforms: tuple[list[Any], ...] | None = None
+
+    def _plain(self, raw_cell: str) -> bool:
+        """`raw_cell` needs none of the static transformations (tokenizing it for them is
+        most of the cost of a small cell), and the transformer lists are IPython's own."""
+        m = self.input_transformer_manager
+        lists = (m.cleanup_transforms, m.line_transforms, m.token_transformers)
+        if self._stock_transforms is None:
+            self._stock_transforms = tuple(list(x) for x in lists)
+        return (raw_cell[:1] not in ("", " ", "\t", "\n", "\r", "\f", "\v")
+                and all(a == b for a, b in zip(lists, self._stock_transforms, strict=True))
+                and _SPECIAL.search(raw_cell) is None)
+
+    def transform_cell(self, raw_cell: str) -> str:
+        """InteractiveShell.transform_cell, skipping the static transformations for plain
+        cells (the dynamic ones, e.g. automagic `pwd`, and `input_transformers_post` run)."""
+        if not self._plain(raw_cell):
+            return super().transform_cell(raw_cell)  # type: ignore[no-any-return]
+        cell = raw_cell if raw_cell.endswith("\n") else raw_cell + "\n"
+        if len(cell.splitlines()) == 1:
+            with self.builtin_trap:
+                cell = self.prefilter_manager.prefilter_lines(cell) + "\n"
+        lines = cell.splitlines(keepends=True)
+        for transform in self.input_transformers_post:
+            lines = transform(lines)
+        return "".join(lines)
 
 
 _FAST_TYPES = (int, str, bool)

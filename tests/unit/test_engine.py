@@ -69,3 +69,31 @@ def test_is_complete_and_complete(engine):
     run(engine, "zebra_count = 3")
     reply = engine.complete("zebra_c", 7)
     assert "zebra_count" in reply["matches"] and reply["cursor_start"] == 0
+
+
+@pytest.mark.parametrize(("cell", "shown"), [
+    ("1+1;", False), ("1+1 ;  # quiet", False), ("x = 1\nx;", False), ("[1, 2]\n1;", False),
+    ("1+1", True), ("1+1 # ; in a comment", True), ("'a;b'", True), ("f = 3\nf", True),
+    (" 1+2", True), ("\n\n1+3", True), ("a = 2 != 3\na", True), ("'%d' % 4", True),
+    ("pwd", True), ("def g(): return 'k'\ng()", True), ("y = 1", False)])
+def test_input_fast_paths_agree_with_ipython(engine, cell, shown):
+    """The quiet (`;`) check and the plain-cell shortcut past IPython's static transforms
+    give what stock IPython gives: the same transformed text, the same result shown."""
+    shell = engine.shell
+    stock = type(shell).__mro__[1]                     # IPython's InteractiveShell
+    assert shell.transform_cell(cell) == stock.transform_cell(shell, cell)
+    (status, _, result, _), _ = run(engine, cell)
+    assert status == "ok" and (result is not None) == shown
+
+
+def test_plain_cell_shortcut_yields_to_added_transformers(engine):
+    shell = engine.shell
+    manager = shell.input_transformer_manager
+    manager.cleanup_transforms.append(lambda lines: [ln.replace("41", "42") for ln in lines])
+    try:
+        (_, _, result, _), _ = run(engine, "41")
+        assert result["data"]["text/plain"] == "42"
+    finally:
+        manager.cleanup_transforms.pop()
+    (_, _, result, _), _ = run(engine, "41")
+    assert result["data"]["text/plain"] == "41"
