@@ -11,7 +11,7 @@ Threads:
 - `_Pump` thread: reads the pipes that replaced fds 1 and 2 (so C extensions,
   `os.write(1, …)` and subprocesses are captured too) and sends them as coalesced `stream`
   events (≤ 256 KiB, ≤ 20 ms old) while a cell runs.
-- `_Flusher` thread: pushes partial lines out of Python's `sys.stdout`/`sys.stderr` buffers
+- `_Flusher` thread: pushes what Python's `sys.stdout`/`sys.stderr` buffer (see `_capture_fds`)
   every 20 ms while a cell runs; asleep otherwise.
 
 Sharing: `_Channel` holds the socket and the output buffers under one lock (ZeroMQ sockets may
@@ -47,6 +47,11 @@ from kerneld.kernel import Engine
 F_SETPIPE_SZ = 1031
 COALESCE_SECONDS = 0.02
 HELD_OUTPUT_LIMIT = 1024 * 1024  # output written between cells, kept for the next one
+# After reading output, the pump lets the pipe fill for this long: waking on every 100-byte
+# print() costs a GIL hand-off per line (measured ~30 MB/s), while output is coalesced for
+# 20 ms anyway and the end of a cell drains the pipes itself.
+PUMP_BACKOFF_SECONDS = 0.002
+PUMP_BACKOFF_BELOW = 256 * 1024  # a big read means a fast writer: keep reading at once
 
 
 class _Channel:
@@ -68,17 +73,18 @@ class _Channel:
 
     # -- with the lock held -----------------------------------------------------------------
 
-    def _locked_read(self, name: str, fd: int) -> bool:
+    def _locked_read(self, name: str, fd: int) -> int:
+        """Read what `fd` holds (up to 1 MiB); returns the number of bytes read."""
         try:
             data = os.read(fd, 1 << 20)
         except BlockingIOError:
-            return False
+            return 0
         if not data:
-            return False
+            return 0
         text = self.decoders[name].decode(data)
         if text:
             self._locked_add(name, text, len(data))
-        return True
+        return len(data)
 
     def _locked_add(self, name: str, text: str, size: int) -> None:
         if self.exec_id is None and self.chunk_bytes > HELD_OUTPUT_LIMIT:
@@ -146,14 +152,17 @@ class _Channel:
             self.sock.send(p.encode(done))
             self.exec_id = None
 
-    def pump(self, ready: list[int]) -> None:
+    def pump(self, ready: list[int]) -> int:
+        """Read the ready pipes, emit what is old enough; returns the bytes read."""
+        got = 0
         with self.lock:
             if self.out_r in ready:
-                self._locked_read("stdout", self.out_r)
+                got += self._locked_read("stdout", self.out_r)
             if self.err_r in ready:
-                self._locked_read("stderr", self.err_r)
+                got += self._locked_read("stderr", self.err_r)
             if self.chunks and time.monotonic() - self.first_pending >= COALESCE_SECONDS:
                 self._locked_emit()
+        return got
 
     def poll_locked(self, timeout_ms: int) -> Any | None:
         """Receive one request while a cell runs (input()), holding the lock briefly."""
@@ -184,13 +193,15 @@ class _Pump(threading.Thread):
         while True:
             waiting = self.channel.chunks and self.channel.exec_id is not None
             ready = [fd for fd, _ in poller.poll(COALESCE_SECONDS * 1000 if waiting else None)]
-            self.channel.pump(ready)
+            got = self.channel.pump(ready)
+            if 0 < got < PUMP_BACKOFF_BELOW and self.channel.exec_id is not None:
+                time.sleep(PUMP_BACKOFF_SECONDS)
             if ready and self.channel.exec_id is None and self.channel.dropped:
                 time.sleep(COALESCE_SECONDS)  # between cells: do not spin on a chatty writer
 
 
 class _Flusher(threading.Thread):
-    """Pushes partial lines out of sys.stdout/sys.stderr every 20 ms while a cell runs.
+    """Pushes buffered text out of sys.stdout/sys.stderr every 20 ms while a cell runs.
 
     A thread of its own: flushing takes the stream's lock, which a cell blocked on a full pipe
     holds; the pump must never wait for that lock, or nobody would empty the pipe. This thread
@@ -207,16 +218,33 @@ class _Flusher(threading.Thread):
             _flush_python_streams()
 
 
+_STREAMS: list[io.TextIOWrapper] = []  # the worker's own sys.stdout and sys.stderr
+# Audit events raised before a process is created: its output goes straight to fds 1/2, so
+# what Python still buffers must be written first.
+_SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.posix_spawn", "os.spawn",
+                           "os.exec", "os.fork", "os.forkpty"})
+
+
 def _flush_python_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
+    for stream in _STREAMS:
         try:
             stream.buffer.flush()  # BufferedWriter.flush is thread-safe
-        except (AttributeError, ValueError, OSError):
+        except (ValueError, OSError):
             pass
 
 
 def _capture_fds() -> tuple[int, int]:
-    """Replace fds 1 and 2 with pipes (read ends returned) and rebuild sys.stdout/stderr."""
+    """Replace fds 1 and 2 with pipes (read ends returned) and rebuild sys.stdout/stderr.
+
+    Output order: sys.stdout is block-buffered, as Python's is on any pipe (a write(2) per
+    print() line caps a print loop at ~80 MB/s; buffered it reaches ~350 MB/s); sys.stderr
+    is line-buffered, as always. What could overtake buffered text on the same fd flushes it
+    first: `os.write` to fd 1 or 2, the creation of a process (audit hook), and the worker
+    itself before display data, input requests and the end of a cell; the flusher thread
+    pushes it out every 20 ms while a cell runs. Not covered (as with ipykernel): C code
+    writing to fd 1 itself, e.g. through ctypes, while Python text is still buffered. Order
+    *between* stdout and stderr is the order the pump reads the two pipes, not guaranteed.
+    """
     ends = []
     for fd in (1, 2):
         r, w = os.pipe()
@@ -228,18 +256,39 @@ def _capture_fds() -> tuple[int, int]:
         os.close(w)
         os.set_blocking(r, False)
         ends.append(r)
-    sys.stdout = _text_stream(1)
-    sys.stderr = _text_stream(2)
-    sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr  # type: ignore[misc]
+    out = _text_stream(1, line_buffering=False)
+    err = _text_stream(2, line_buffering=True)
+    _STREAMS[:] = [out, err]
+    sys.stdout, sys.stderr = out, err
+    sys.__stdout__, sys.__stderr__ = out, err  # type: ignore[misc]
+    os.write = _ordered_write
+    sys.addaudithook(_flush_before_spawn)
     return ends[0], ends[1]
 
 
-def _text_stream(fd: int) -> io.TextIOWrapper:
-    """Line-buffered onto the fd (like a terminal), so print and os.write keep their order."""
+def _text_stream(fd: int, *, line_buffering: bool) -> io.TextIOWrapper:
     raw = io.FileIO(fd, "w", closefd=False)
     buffered = io.BufferedWriter(raw, buffer_size=64 * 1024)
     return io.TextIOWrapper(buffered, encoding="utf-8", errors="backslashreplace",
-                            line_buffering=True, write_through=True)
+                            line_buffering=line_buffering, write_through=True)
+
+
+_raw_os_write = os.write
+
+
+def _ordered_write(fd: int, data: Any, /) -> int:
+    """os.write, after the text sys.stdout/sys.stderr still buffer when `fd` is 1 or 2."""
+    if fd in (1, 2):
+        _flush_python_streams()
+    return _raw_os_write(fd, data)
+
+
+_ordered_write.__doc__ = _raw_os_write.__doc__
+
+
+def _flush_before_spawn(event: str, _args: tuple[Any, ...]) -> None:
+    if event in _SPAWN_EVENTS:
+        _flush_python_streams()
 
 
 class _Worker:

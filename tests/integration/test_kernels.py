@@ -58,6 +58,36 @@ async def test_subprocess_output_under_a_profile_that_allows_run(manager: Kernel
     r = await manager.execute(kid, "import subprocess\n_ = subprocess.run(['/usr/bin/echo', 'sub'])")
     assert r.status == "ok", r.error
     assert texts(r) == "sub\n"
+    # sys.stdout is block-buffered: what it holds is written before a child's output
+    r = await manager.execute(kid, "import os, subprocess\nprint('before', end=' ')\n"
+                                   "_ = subprocess.run(['/usr/bin/echo', 'child'])\n"
+                                   "print('mid')\nos.system('/usr/bin/echo sys')\nprint('end')")
+    assert r.status == "ok", r.error
+    assert texts(r) == "before child\nmid\nsys\nend\n"
+    await manager.destroy_kernel(kid)
+
+
+async def test_buffered_stdout_keeps_its_order_with_fd_writes(manager: KernelManager):
+    kid = await manager.create_kernel()
+    r = await manager.execute(kid, "import os, sys\nprint('o1', end='')\nos.write(1, b'|f1|')\n"
+                                   "print('e1', file=sys.stderr)\nprint('o2')\n"
+                                   "os.write(2, b'e2\\n')\nsys.stdout.write('o3')\n"
+                                   "os.write(1, b'|f2')")
+    assert texts(r) == "o1|f1|o2\no3|f2"
+    assert texts(r, "stderr") == "e1\ne2\n"
+    await manager.destroy_kernel(kid)
+
+
+async def test_a_partial_line_arrives_while_the_cell_still_runs(manager: KernelManager):
+    kid = await manager.create_kernel()
+    seen: list[float] = []
+    start = time.monotonic()
+    async for ev in manager.execute_stream(kid, "import time\nprint('tick', end='')\n"
+                                                "time.sleep(1.0)\nprint('tock')"):
+        if ev.type == "stream":
+            seen.append(time.monotonic() - start)
+    assert len(seen) == 2, seen
+    assert seen[0] < 0.5 and seen[1] >= 1.0, seen  # flushed within ~40 ms, not at the end
     await manager.destroy_kernel(kid)
 
 
