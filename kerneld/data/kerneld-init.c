@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,7 +33,9 @@ int main(int argc, char **argv) {
      * this process whenever the worker exits, which covers the instant before this line) */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) return 3;
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_DUMPABLE, 0) != 0) return 5;
-    for (int fd = 3; fd < 1024; fd++) close(fd);
+    /* fds the zygote let through: one close_range, not a thousand close() calls */
+    if (syscall(SYS_close_range, 3, ~0U, 0) != 0)
+        for (int fd = 3; fd < 1024; fd++) close(fd);
 
     sigset_t chld, empty;
     sigemptyset(&chld);
