@@ -143,6 +143,17 @@ class _Shell(InteractiveShell):  # type: ignore[misc]
                 and all(a == b for a, b in zip(lists, self._stock_transforms, strict=True))
                 and _SPECIAL.search(raw_cell) is None)
 
+    def should_run_async(self, raw_cell: str, *, transformed_cell: str | None = None,
+                         preprocessing_exc_tuple: Any = None) -> bool:
+        """IPython compiles every cell once more to find top-level `await`; a coroutine
+        needs an `await` or `async` keyword, so a cell without either is never one."""
+        if transformed_cell is not None and "await" not in transformed_cell \
+                and "async" not in transformed_cell:
+            return False
+        return super().should_run_async(  # type: ignore[no-any-return]
+            raw_cell, transformed_cell=transformed_cell,
+            preprocessing_exc_tuple=preprocessing_exc_tuple)
+
     def transform_cell(self, raw_cell: str) -> str:
         """InteractiveShell.transform_cell, skipping the static transformations for plain
         cells (the dynamic ones, e.g. automagic `pwd`, and `input_transformers_post` run)."""
