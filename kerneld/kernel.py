@@ -170,6 +170,7 @@ class _Shell(InteractiveShell):  # type: ignore[misc]
 
 
 _FAST_TYPES = (int, str, bool)
+WARM_ROUNDS = 10  # CPython 3.11 specialises an instruction after 8 runs of it
 
 
 def _shell_config() -> Config:
@@ -220,16 +221,24 @@ class Engine:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def warm(self) -> None:
-        """Run a throwaway cell so the first real one does not pay IPython's lazy setup."""
+    def warm(self, rounds: int = WARM_ROUNDS) -> None:
+        """Run throwaway cells the way users' run (result, history, traceback, syntax error),
+        then reset the shell to a fresh session (execution count 1, empty In/Out).
+
+        Why: IPython creates much of its state lazily, and CPython 3.11 rewrites a function's
+        bytecode in place (specialisation) over its first runs. Done here, in the zygote,
+        both are shared by every worker instead of being redone (and copied page by page)
+        in each: a worker's first cell is faster and its private memory smaller."""
         saved = self.emit
         self.emit = lambda _type, _data: None
         try:
-            for cell in ("1+1", "1/0", "def f(:\n  pass"):  # result, traceback, syntax error
-                self.shell.run_cell(cell, store_history=False, silent=True)
+            for _ in range(rounds):
+                for cell in ("1+1", "x = 1", "1/0", "def f(:\n  pass"):
+                    self.shell.run_cell(cell, store_history=True, silent=False)
             self.complete("pri", 3)
         finally:
             self.emit = saved
+        self.shell.reset(new_session=True)
         self.shell.execution_count = 1
 
     def attach(self, emit: Emit, flush_streams: Callable[[], None],
