@@ -22,9 +22,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import sandbox  # noqa: E402
-from sandbox import landlock, seccomp  # noqa: E402
-from sandbox.policy import Limits, Policy  # noqa: E402
+import sandbox
+from sandbox import landlock, seccomp
+from sandbox.policy import Limits, Policy
 
 apply_module = sys.modules["sandbox.apply"]
 PATH = os.__file__
