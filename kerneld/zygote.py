@@ -3,7 +3,9 @@
 Process model: started by the manager as `runtime-python -I -c <boot>` with a clean environment
 (never a fork of the manager, which holds sockets, threads and secrets). It imports IPython, the
 engine, the worker and the configured preload modules (numpy, matplotlib, …), warms a shell,
-calls `gc.freeze()` so forked children share those pages, and then only forks.
+fills the holes of its heaps (`_fill_free_blocks`, `_fill_malloc_holes`: a worker's own
+objects then land on fresh pages instead of copying shared ones), calls `gc.freeze()` so
+forked children share those pages, and then only forks.
 No ZeroMQ context, socket or thread ever exists here (the `zmq` module is imported, so that
 workers need not load it, but nothing of it is instantiated).
 
@@ -129,6 +131,53 @@ def _fill_free_blocks() -> list[object]:
     return keep
 
 
+_MALLOC_SIZE = re.compile(r'<size from="\d+" to="\d+" total="(\d+)" count="(\d+)"/>')
+_MALLOC_FREE = re.compile(r'<total type="rest" count="\d+" size="(\d+)"/>')
+
+
+def _malloc_free_chunks(libc: Any) -> tuple[list[tuple[int, int]], int]:
+    """(total bytes, count) per size of the main arena's free chunks, and their sum."""
+    r, w = os.pipe()  # malloc_info's XML (~3 KB) fits in the pipe's buffer
+    stream = libc.fdopen(w, b"w")
+    if not stream:
+        os.close(w)
+        os.close(r)
+        return [], 0
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)  # flushes, closes w
+    with os.fdopen(r, "rb") as fh:
+        main_arena = fh.read().decode("ascii", "replace").split('<heap nr="1">')[0]
+    free = _MALLOC_FREE.search(main_arena)
+    sizes = [(int(total), int(count)) for total, count in _MALLOC_SIZE.findall(main_arena)]
+    return sizes, int(free.group(1)) if free else 0
+
+
+def _fill_malloc_holes() -> list[int]:
+    """The same for glibc's malloc (objects over 512 bytes, C libraries): allocate the free
+    chunks of the main arena's heap and never free them, so that a worker's allocations
+    come from fresh memory (measured: -0.2 MiB of private memory per idle kernel)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None)
+        malloc, fdopen = libc.malloc, libc.fdopen
+        _ = libc.malloc_info, libc.fclose
+    except (OSError, AttributeError):  # not glibc
+        return []
+    malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    fdopen.restype, fdopen.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_char_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    keep: list[int] = []
+    for _ in range(3):
+        sizes, free = _malloc_free_chunks(libc)
+        if free < 64 * 1024:
+            break
+        for total, count in sizes:
+            request = max(1, total // count - 16)  # a chunk carries a 16-byte header
+            keep.extend(malloc(request) for _ in range(count))
+    return keep
+
+
 class Zygote:
     """Fork server. `serve()` never returns; it exits when the manager closes stdin."""
 
@@ -153,7 +202,7 @@ class Zygote:
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.pidfd = os.pidfd_open(os.getpid())  # readable in a child once the zygote is gone
         gc.collect()
-        self.ballast = _fill_free_blocks()
+        self.ballast = (_fill_free_blocks(), _fill_malloc_holes())
         gc.freeze()
 
     def serve(self) -> None:
