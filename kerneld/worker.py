@@ -52,6 +52,7 @@ HELD_OUTPUT_LIMIT = 1024 * 1024  # output written between cells, kept for the ne
 # 20 ms anyway and the end of a cell drains the pipes itself.
 PUMP_BACKOFF_SECONDS = 0.002
 PUMP_BACKOFF_BELOW = 256 * 1024  # a big read means a fast writer: keep reading at once
+PUMP_LISTEN_SECONDS = 0.25  # the pump polls this long after a cell starts (see _Flusher)
 
 
 class _Channel:
@@ -193,8 +194,7 @@ class _Pump(threading.Thread):
         for fd in (self.channel.out_r, self.channel.err_r, self.flusher.wake_r):
             poller.register(fd, select.POLLIN)
         while True:
-            running = self.channel.exec_id is not None
-            ready = [fd for fd, _ in poller.poll(COALESCE_SECONDS * 1000 if running else None)]
+            ready = [fd for fd, _ in poller.poll(self._timeout_ms())]
             if self.flusher.wake_r in ready:
                 self.flusher.woken()
             self.flusher.start_if_due()
@@ -203,6 +203,23 @@ class _Pump(threading.Thread):
                 time.sleep(PUMP_BACKOFF_SECONDS)
             if ready and self.channel.exec_id is None and self.channel.dropped:
                 time.sleep(COALESCE_SECONDS)  # between cells: do not spin on a chatty writer
+
+    def _timeout_ms(self) -> float | None:
+        """20 ms while a cell runs (coalesced output falls due; a long cell must start the
+        flusher). Until the flusher exists, also for a while after a cell started, so that
+        the next cell of a burst needs no wake-up; otherwise sleep until output or a wake-up.
+        """
+        flusher = self.flusher
+        if self.channel.exec_id is not None:
+            return COALESCE_SECONDS * 1000
+        if flusher.launched:
+            return None
+        if time.monotonic() - flusher.since < PUMP_LISTEN_SECONDS:
+            flusher.pump_listening = True
+            return COALESCE_SECONDS * 1000
+        flusher.pump_listening = False
+        # a cell may have started (without waking us: we were listening) since the check
+        return COALESCE_SECONDS * 1000 if flusher.running else None
 
 
 class _Flusher(threading.Thread):
@@ -216,13 +233,16 @@ class _Flusher(threading.Thread):
 
     Started lazily, by the pump, once a cell has run for a period: a kernel that only ever
     ran short cells (their end flushes) never pays for the thread (~0.1 MiB per kernel).
-    Until then each cell start wakes the pump (`wake_r`), so that it can keep time."""
+    Until then the pump keeps time: a cell start wakes it (`wake_r`) unless it is still
+    polling with a timeout after the previous cell (`pump_listening`). Each side writes its
+    flag before reading the other's (`running` / `pump_listening`), so one of them notices."""
 
     def __init__(self) -> None:
         super().__init__(name="kerneld-flush", daemon=True)
         self.active = threading.Event()
         self.running = False
         self.launched = False
+        self.pump_listening = False
         self.since = 0.0
         self.wake_r, self._wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -233,7 +253,7 @@ class _Flusher(threading.Thread):
         self.running = True
         if self.launched:
             self.active.set()  # already set while cells follow each other: no wake-up
-        else:
+        elif not self.pump_listening:
             try:
                 _raw_os_write(self._wake_w, b"\0")
             except BlockingIOError:
