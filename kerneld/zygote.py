@@ -188,8 +188,11 @@ def _collapse_to_huge_pages() -> int:
     is aligned to allow it; returns how many were made. Best effort: older kernels refuse.
 
     Why: `fork()` copies one page-table entry per 4 KiB page, and that copy was most of a
-    worker's fork (3.3 → 1.1 ms measured). A worker's first write to a shared huge page
-    splits the mapping and copies 4 KiB only, so its private memory does not grow."""
+    worker's fork (3.3 → 1.1 ms measured on a fresh zygote). A worker's first write to a
+    shared huge page splits the mapping and copies 4 KiB only, so its private memory does not
+    grow. The zygote's own writes after a fork split the huge pages they touch (80 MiB huge
+    at start, ~25 MiB after some forks); what stays still made create → first result
+    1.4-2.6 ms faster in alternating runs of bench/confinement_cost.py."""
     import ctypes
     libc = ctypes.CDLL(None)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
