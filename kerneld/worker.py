@@ -298,8 +298,8 @@ def _flush_python_streams() -> None:
     for stream in _STREAMS:
         try:
             stream.buffer.flush()  # BufferedWriter.flush is thread-safe
-        except (ValueError, OSError):
-            pass
+        except (ValueError, OSError, RuntimeError):  # closed, broken, or reentrant (a signal
+            pass                                      # handler writing amid a write)
 
 
 def _capture_fds() -> tuple[int, int]:
