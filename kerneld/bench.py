@@ -610,26 +610,31 @@ CHUNK_CODE = ("import sys\n_kb_chunk = 'x' * (1 << 20)\nfor _ in range({n}):\n"
 PRINT_CODE = "for _ in range({n}):\n    print('x' * 99)\n"     # 100 bytes a line
 # Syscall-heavy loop, timed inside the kernel (transport excluded): 7 syscalls an iteration on
 # objects that look the same confined or not (a pipe, a stdlib file under /usr). Returns (wall,
-# CPU) seconds; the overhead is computed on the thread's CPU time, so that waiting for a CPU on
-# a busy shared machine does not count as sandbox cost.
+# CPU) seconds for n iterations, scaled from the fastest of `parts` equal slices (by CPU time):
+# on a shared VM a slice disturbed by the host is slower, never faster, so the best slice is
+# the sandbox's cost and not the neighbours'. The overhead is computed on the thread's CPU time,
+# so that waiting for a CPU does not count as sandbox cost either.
 SYSCALL_CODE = """\
 import os as _kb_os, time as _kb_time
-def _kb_syscalls(n, path=_kb_os.__file__):
+def _kb_syscalls(n, path=_kb_os.__file__, parts=5):
     r, w = _kb_os.pipe()
     buf = b"x" * 64
-    t, cpu = _kb_time.perf_counter(), _kb_time.thread_time()
-    for _ in range(n):
-        _kb_os.getpid()
-        _kb_os.stat(path)
-        _kb_os.write(w, buf)
-        _kb_os.read(r, 64)
-        fd = _kb_os.open(path, _kb_os.O_RDONLY)
-        _kb_os.read(fd, 128)
-        _kb_os.close(fd)
-    elapsed, cpu = _kb_time.perf_counter() - t, _kb_time.thread_time() - cpu
+    best = None
+    for _ in range(parts):
+        t, cpu = _kb_time.perf_counter(), _kb_time.thread_time()
+        for _ in range(n // parts):
+            _kb_os.getpid()
+            _kb_os.stat(path)
+            _kb_os.write(w, buf)
+            _kb_os.read(r, 64)
+            fd = _kb_os.open(path, _kb_os.O_RDONLY)
+            _kb_os.read(fd, 128)
+            _kb_os.close(fd)
+        run = (_kb_time.perf_counter() - t, _kb_time.thread_time() - cpu)
+        best = run if best is None or run[1] < best[1] else best
     _kb_os.close(r)
     _kb_os.close(w)
-    return elapsed, cpu
+    return best[0] * parts, best[1] * parts
 def _kb_per_op(n, path=_kb_os.__file__):
     r, w = _kb_os.pipe()
     buf = b"x" * 64
@@ -642,10 +647,14 @@ def _kb_per_op(n, path=_kb_os.__file__):
            "open_read_close": orc}
     out = {}
     for name, op in ops.items():
-        t = _kb_time.thread_time()
-        for _ in range(n):
-            op()
-        out[name] = round((_kb_time.thread_time() - t) / n * 1e9)
+        best = None
+        for _ in range(5):  # the fastest slice, as in _kb_syscalls
+            t = _kb_time.thread_time()
+            for _ in range(n // 5):
+                op()
+            took = (_kb_time.thread_time() - t) / (n // 5)
+            best = took if best is None else min(best, took)
+        out[name] = round(best * 1e9)
     _kb_os.close(r)
     _kb_os.close(w)
     return out
@@ -956,7 +965,8 @@ class Bench:
             {k: round(v, 4) for k, v in r.items()} for r in raw]
         self.note("sandbox_overhead_pct", f"{self.c.syscall_iters} iterations × 7 syscalls "
                   "(getpid, stat, pipe write+read, open+read+close of a stdlib file), CPU time "
-                  "of the loop's thread (time.thread_time; wall time in details) measured "
+                  "of the loop's thread (time.thread_time; wall time in details), the "
+                  "fastest of 5 equal slices scaled up, measured "
                   "inside the kernel: a confined worker (default profile: namespaces, cgroup, "
                   "Landlock, seccomp, rlimits) vs an IN_PROCESS kernel on a thread of the same "
                   "daemon (same Python 3.11 build); one value per alternating round")

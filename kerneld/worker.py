@@ -288,6 +288,7 @@ class _Flusher(threading.Thread):
 
 
 _STREAMS: list[io.TextIOWrapper] = []  # the worker's own sys.stdout and sys.stderr
+
 # Audit events raised before a process is created: its output goes straight to fds 1/2, so
 # what Python still buffers must be written first.
 _SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.posix_spawn", "os.spawn",
@@ -332,6 +333,7 @@ def _capture_fds() -> tuple[int, int]:
     sys.__stdout__, sys.__stderr__ = out, err  # type: ignore[misc]
     os.write = _ordered_write
     sys.addaudithook(_flush_before_spawn)
+    os.register_at_fork(after_in_child=_fresh_streams_in_child)
     return ends[0], ends[1]
 
 
@@ -340,6 +342,25 @@ def _text_stream(fd: int, *, line_buffering: bool) -> io.TextIOWrapper:
     buffered = io.BufferedWriter(raw, buffer_size=64 * 1024)
     return io.TextIOWrapper(buffered, encoding="utf-8", errors="backslashreplace",
                             line_buffering=line_buffering, write_through=True)
+
+
+def _fresh_streams_in_child() -> None:
+    """In a process forked from the worker (os.fork, multiprocessing): new sys.stdout and
+    sys.stderr objects. The inherited ones may hold text the parent still buffered (the
+    parent prints it) and a lock that another thread held at the fork — a thread that does
+    not exist here, so their next flush, e.g. before this child's own fork, would wait
+    forever. They are kept alive for good and never touched: closing one flushes it."""
+    import ctypes  # loaded by the zygote already
+    old = list(_STREAMS)
+    for stream in old:
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(stream))
+    out, err = _text_stream(1, line_buffering=False), _text_stream(2, line_buffering=True)
+    _STREAMS[:] = [out, err]
+    if sys.stdout is old[0]:
+        sys.stdout = out
+    if sys.stderr is old[1]:
+        sys.stderr = err
+    sys.__stdout__, sys.__stderr__ = out, err  # type: ignore[misc]
 
 
 _raw_os_write = os.write

@@ -143,12 +143,12 @@ def _fill_free_blocks() -> list[object]:
     return keep
 
 
-_MALLOC_SIZE = re.compile(r'<size from="\d+" to="\d+" total="(\d+)" count="(\d+)"/>')
+_MALLOC_SIZE = re.compile(r'<size from="(\d+)" to="\d+" total="\d+" count="(\d+)"/>')
 _MALLOC_FREE = re.compile(r'<total type="rest" count="\d+" size="(\d+)"/>')
 
 
 def _malloc_free_chunks(libc: Any) -> tuple[list[tuple[int, int]], int]:
-    """(total bytes, count) per size of the main arena's free chunks, and their sum."""
+    """(smallest size, count) per size bin of the main arena's free chunks, and their sum."""
     r, w = _report_pipe()
     stream = libc.fdopen(w, b"w")
     if not stream:
@@ -160,7 +160,7 @@ def _malloc_free_chunks(libc: Any) -> tuple[list[tuple[int, int]], int]:
     with os.fdopen(r, "rb") as fh:
         main_arena = fh.read().decode("ascii", "replace").split('<heap nr="1">')[0]
     free = _MALLOC_FREE.search(main_arena)
-    sizes = [(int(total), int(count)) for total, count in _MALLOC_SIZE.findall(main_arena)]
+    sizes = [(int(low), int(count)) for low, count in _MALLOC_SIZE.findall(main_arena)]
     return sizes, int(free.group(1)) if free else 0
 
 
@@ -184,8 +184,10 @@ def _fill_malloc_holes() -> list[int]:
         sizes, free = _malloc_free_chunks(libc)
         if free < 64 * 1024:
             break
-        for total, count in sizes:
-            request = max(1, total // count - 16)  # a chunk carries a 16-byte header
+        for low, count in sizes:
+            # fits every chunk of the bin (a chunk carries a 16-byte header); what a bigger
+            # chunk has left over is taken by the next round
+            request = max(1, low - 16)
             keep.extend(malloc(request) for _ in range(count))
     return keep
 

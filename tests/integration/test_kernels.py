@@ -78,6 +78,57 @@ async def test_buffered_stdout_keeps_its_order_with_fd_writes(manager: KernelMan
     await manager.destroy_kernel(kid)
 
 
+FORK_WHILE_CHATTY = r"""
+import os, sys, threading, time
+stop = False
+def chatter():
+    while not stop:
+        sys.stdout.write("x" * 4000)
+        time.sleep(0.002)    # ~2 MB/s: well under the default 8 MiB output cap
+t = threading.Thread(target=chatter, daemon=True)
+t.start()
+time.sleep(0.05)
+hung = 0
+for i in range(200):
+    pid = os.fork()
+    if pid == 0:
+        if os.fork() == 0:   # a fork in the child flushes its streams first
+            os._exit(0)
+        os._exit(0)
+    deadline = time.monotonic() + 2
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            hung += 1
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.0002)
+stop = True
+t.join()
+sys.stdout.write("P")        # buffered in the parent when the child is forked
+pid = os.fork()
+if pid == 0:
+    print("child", flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+sys.stdout.flush()
+hung
+"""
+
+
+async def test_forked_children_get_streams_of_their_own(manager: KernelManager):
+    """A child forked while another thread writes to stdout would inherit that thread's lock
+    on the stream (and the parent's buffered text): it gets fresh streams, so it can flush,
+    fork and print, and nothing is printed twice."""
+    kid = await manager.create_kernel()
+    r = await manager.execute(kid, FORK_WHILE_CHATTY)
+    assert r.status == "ok", r.error
+    assert r.result["data"]["text/plain"] == "0", "children hung on an inherited stream lock"
+    out = texts(r).replace("x", "")
+    assert out.count("P") == 1 and out.count("child\n") == 1, out
+    await manager.destroy_kernel(kid)
+
+
 async def test_a_partial_line_arrives_while_the_cell_still_runs(manager: KernelManager):
     kid = await manager.create_kernel()
     seen: list[float] = []

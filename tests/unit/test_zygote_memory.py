@@ -38,7 +38,7 @@ def test_malloc_holes_of_the_main_arena_are_filled() -> None:
     keep = zygote._fill_malloc_holes()
     _, free_after = zygote._malloc_free_chunks(libc)
     assert len(keep) >= 1000
-    assert free_after < free_before / 2, (free_before, free_after)
+    assert free_before - free_after > 1_500_000, (free_before, free_after)  # our holes, at least
 
 
 def _thp_possible() -> bool:
