@@ -129,6 +129,25 @@ async def test_forked_children_get_streams_of_their_own(manager: KernelManager):
     await manager.destroy_kernel(kid)
 
 
+async def test_multiprocess_pool_workers_print_and_return(manager: KernelManager):
+    """The runtime's `multiprocess` (parallelism for notebook code) forks pool workers from
+    the kernel: their results come back and what they print is captured, once."""
+    kid = await manager.create_kernel()
+    r = await manager.execute(kid, "import multiprocess as mp\n"
+                                   "def square(x):\n    print('worker', x, flush=True)\n"
+                                   "    return x * x\n"
+                                   "print('before', end='')\n"
+                                   "with mp.get_context('fork').Pool(2) as pool:\n"
+                                   "    out = pool.map(square, range(4))\n"
+                                   "out")
+    assert r.status == "ok", r.error
+    assert r.result["data"]["text/plain"] == "[0, 1, 4, 9]"
+    lines = texts(r).replace("before", "").split()
+    assert texts(r).count("before") == 1
+    assert sorted(lines) == ["0", "1", "2", "3"] + ["worker"] * 4, texts(r)
+    await manager.destroy_kernel(kid)
+
+
 async def test_a_partial_line_arrives_while_the_cell_still_runs(manager: KernelManager):
     kid = await manager.create_kernel()
     seen: list[float] = []
