@@ -11,8 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from _attack_support import (HOST, Case, Err, Not, Ok, Outcome, ids, processes_of_uid,
-                             with_child)
+from _attack_support import HOST, Case, Err, Not, Ok, Outcome, ids, processes_of_uid, with_child
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

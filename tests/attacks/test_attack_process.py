@@ -12,7 +12,6 @@ import signal
 import psutil
 import pytest
 from _attack_support import (
-    with_child,
     HOST,
     Case,
     Err,
@@ -22,6 +21,7 @@ from _attack_support import (
     processes_in_pidns,
     processes_of_uid,
     run_on_host,
+    with_child,
 )
 from conftest import UID_FIRST
 

@@ -11,8 +11,14 @@ import time
 import psutil
 import pytest
 
-from kerneld import (InvalidArgument, KernelEvents, KernelManager, KernelMode, KernelNotFound,
-                     LimitExceeded)
+from kerneld import (
+    InvalidArgument,
+    KernelEvents,
+    KernelManager,
+    KernelMode,
+    KernelNotFound,
+    LimitExceeded,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

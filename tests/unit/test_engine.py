@@ -102,8 +102,8 @@ def test_plain_cell_shortcut_yields_to_added_transformers(engine):
 @pytest.mark.parametrize(("cell", "value"), [
     ("import asyncio\nawait asyncio.sleep(0)\n'awaited'", "'awaited'"),
     ("async def agen():\n    yield 7\n[x async for x in agen()]", "[7]"),
-    ("import contextlib\n@contextlib.asynccontextmanager\nasync def cm():\n    yield 8\n"
-     "async with cm() as v:\n    pass\nv", "8"),
+    (("import contextlib\n@contextlib.asynccontextmanager\nasync def cm():\n    yield 8\n"
+      "async with cm() as v:\n    pass\nv"), "8"),
     ("def not_async(): return 'plain'\nnot_async()", "'plain'")])
 def test_top_level_async_still_runs_as_a_coroutine(engine, cell, value):
     (status, _, result, error), _ = run(engine, cell)
