@@ -44,7 +44,6 @@ import zmq
 from kerneld import protocol as p
 from kerneld.kernel import Engine
 
-F_SETPIPE_SZ = 1031
 COALESCE_SECONDS = 0.02
 HELD_OUTPUT_LIMIT = 1024 * 1024  # output written between cells, kept for the next one
 # After reading output, the pump lets the pipe fill for this long: waking on every 100-byte
@@ -319,7 +318,7 @@ def _capture_fds() -> tuple[int, int]:
     for fd in (1, 2):
         r, w = os.pipe()
         try:
-            fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
         except OSError:
             pass
         os.dup2(w, fd)

@@ -92,7 +92,7 @@ def _report_pipe() -> tuple[int, int]:
     """A pipe for a C report written in one go (~3 KB) before anyone reads: 1 MiB of room."""
     r, w = os.pipe()
     try:
-        fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
     except OSError:
         pass  # the default 64 KiB is still ~20 times the report
     return r, w
