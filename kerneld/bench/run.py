@@ -24,6 +24,7 @@ from kerneld.bench.sides import (
     kd_execute,
     kd_stream,
     result_text,
+    start_ipykernel,
     start_ipykernels,
 )
 from kerneld.bench.workloads import (
@@ -152,11 +153,9 @@ class Bench:
         return ms
 
     async def _ipy_cold(self) -> float:
-        k = IpyKernel(self.reaper, self.workdir)
-        try:
-            return await k.start()
-        finally:
-            await k.close()
+        k, ms = await start_ipykernel(self.reaper, self.workdir)
+        await k.close()
+        return ms
 
     async def create_cold(self) -> None:
         await self._kd_cold()                                    # warm-up

@@ -210,6 +210,12 @@ async def kd_stream(client: Any, kid: str, code: str) -> int:
 # --------------------------------------------------------------------------- the ipykernel side
 
 
+class IpyKernelDied(RuntimeError):
+    """The ipykernel process exited before it answered: typically the port race of
+    jupyter_client's TCP ports (a free port picked, closed, then taken by another process
+    before the kernel binds it). Not a cost of ipykernel's start, so the bench retries."""
+
+
 class IpyKernel:
     """One ipykernel 7 kernel started by jupyter_client 8 and driven with our own loop."""
 
@@ -260,8 +266,14 @@ class IpyKernel:
                     continue
                 _, parts = self.session.feed_identities(frames)
                 return sock, self.session.deserialize(parts)
-            if not await self.poller.poll(timeout * 1000):
-                raise TimeoutError(f"ipykernel pid={self.pid} did not answer in {timeout} s")
+            deadline = time.monotonic() + timeout
+            while not await self.poller.poll(200):
+                code = self.km.provisioner.process.poll()
+                if code is not None:
+                    raise IpyKernelDied(f"ipykernel pid={self.pid} exited with code {code} "
+                                        f"before answering; see {self.log.name}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"ipykernel pid={self.pid} did not answer in {timeout} s")
 
     async def execute(self, code: str, expect: str | None = None, count_stream: bool = False,
                       timeout: float = 120.0) -> int:
@@ -304,11 +316,32 @@ class IpyKernel:
         self.log.close()
 
 
+async def start_ipykernel(reaper: Reaper, workdir: str,
+                          attempts: int = 3) -> tuple[IpyKernel, float]:
+    """A started ipykernel and its ms to the first result; a kernel whose process died
+    before answering (`IpyKernelDied`) is replaced, up to `attempts` in all, and the
+    failed attempt's time is not counted."""
+    for attempt in range(1, attempts + 1):
+        k = IpyKernel(reaper, workdir)
+        try:
+            return k, await k.start()
+        except IpyKernelDied as e:
+            await k.close()
+            print(f"[bench] {e}; attempt {attempt} of {attempts}", file=sys.stderr)
+            if attempt == attempts:
+                raise
+        except BaseException:
+            await k.close()
+            raise
+    raise AssertionError("unreachable")
+
+
 async def start_ipykernels(reaper: Reaper, workdir: str, n: int) -> list[IpyKernel]:
-    kernels = [IpyKernel(reaper, workdir) for _ in range(n)]
-    try:
-        await asyncio.gather(*(k.start() for k in kernels))
-    except BaseException:
+    started = await asyncio.gather(*(start_ipykernel(reaper, workdir) for _ in range(n)),
+                                   return_exceptions=True)
+    kernels = [s[0] for s in started if not isinstance(s, BaseException)]
+    failures = [s for s in started if isinstance(s, BaseException)]
+    if failures:
         await asyncio.gather(*(k.close() for k in kernels), return_exceptions=True)
-        raise
+        raise failures[0]
     return kernels
