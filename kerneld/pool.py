@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 
 REFILL_DELAY = 0.05  # seconds between serving from the pool and starting its replacement
 
+# Throwaway cells run by each pooled worker before it waits: the copy-on-write faults of a
+# first execution (the engine, and for `1+1` the display hook, formatters and result path:
+# ~85 more pages) are paid here, not by the kernel the worker will serve. The second cell
+# undoes what the first left in the namespace (`_`, `_1`, `Out`), as `%reset -f out` does,
+# so a pooled kernel starts exactly as a fresh one.
+WARM_CELLS = (("1+1", False), ("get_ipython().displayhook.flush()", True))
+
 
 @dataclass
 class PoolState:
@@ -98,18 +105,19 @@ class Pool:
 
     async def _start_one(self, profile: str, state: PoolState) -> None:
         from kerneld.kernels import KernelMode, _Kernel
-        worker = _Kernel(self.manager, f"pool-{profile}", None, KernelMode.WORKER, dict(
+        # `+` is outside the kernel id alphabet: no caller's kernel (nor its listeners)
+        # can share the id of a pooled worker running its warm-up cells
+        worker = _Kernel(self.manager, f"pool+{profile}", None, KernelMode.WORKER, dict(
             profile=profile, env={}, filesystem=None, permissions=None, limits=None,
             inactivity_timeout=None, max_execution_time=None))
         try:
             await worker._spawn()
-            # one silent throwaway cell: the copy-on-write faults of a first execution
-            # (~2 ms) are paid here, not by the kernel this worker will serve
             worker.status = "idle"
-            worker.submit(Execution(worker.id, "None", allow_stdin=False, silent=True,
-                                    store_history=False, streaming=False))
-            assert worker.current is not None
-            await worker.current.future
+            for code, silent in WARM_CELLS:
+                worker.submit(Execution(worker.id, code, allow_stdin=False, silent=silent,
+                                        store_history=False, streaming=False))
+                assert worker.current is not None
+                await worker.current.future
         except asyncio.CancelledError:
             await worker.kill()
             raise

@@ -216,6 +216,34 @@ async def test_restart_on_death(tmp_path: Path):
         assert (await mgr.execute(kid, "4")).success
 
 
+STATE_PROBE = ("(execution_count_probe := get_ipython().execution_count, _, __, ___, "
+               "dict(_oh), len(In), sorted(k for k in globals() if k.startswith('_')))")
+
+
+async def test_pooled_kernel_starts_as_a_fresh_one():
+    """The pool's warm-up cells (a `1+1` to fault in the result path, then a flush) leave
+    nothing behind: a pooled kernel's outputs, history and namespace equal a fresh kernel's."""
+    config = ManagerConfig(pool_size=1, pool_profiles=("default",))
+    async with KernelManager(config) as mgr:
+        await mgr.start()
+        for _ in range(100):
+            if mgr.get_pool_stats()["default"]["idle"] == 1:
+                break
+            await asyncio.sleep(0.1)
+        pooled = await mgr.create_kernel()
+        assert mgr.get_pool_stats()["default"]["served"] == 1
+        fresh = await mgr.create_kernel(limits={"memory": "512MiB"})  # not from the pool
+        assert mgr.get_pool_stats()["default"]["served"] == 1
+        states = []
+        for kid in (pooled, fresh):
+            first = await mgr.execute(kid, "1+1")
+            assert first.execution_count == 1 and first.result["data"]["text/plain"] == "2"
+            probe = await mgr.execute(kid, STATE_PROBE)
+            states.append(probe.result["data"]["text/plain"])
+        assert states[0] == states[1]
+        assert "'_2'" not in states[0] and "{1: 2}" in states[0]  # the probe saw cell 1's Out
+
+
 async def test_warm_pool_serves_and_refills():
     config = ManagerConfig(pool_size=4, pool_profiles=("default",))
     async with KernelManager(config) as mgr:
