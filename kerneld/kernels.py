@@ -91,6 +91,7 @@ class _Kernel:
         self.last_activity = time.monotonic()
         self.backend: InProcessKernel | None = None
         self.proxy: Any = None
+        self.activated_env: dict[str, str] = {}
         self._hello: asyncio.Future[None] | None = None
         self._exited: asyncio.Future[None] | None = None
         self._init_exited: asyncio.Future[None] | None = None
@@ -170,7 +171,8 @@ class _Kernel:
         if self.init_pid is not None:
             mgr.track_pid(self.init_pid, self)
         await asyncio.wait_for(self._hello, timeout=30)
-        self.send(p.Activate(dict(policy.env)))  # ahead of any Execute on the same socket
+        self.activated_env = dict(policy.env)
+        self.send(p.Activate(self.activated_env))  # ahead of any Execute on the same socket
         if confine and policy.net.mode == "proxy":
             await self._start_proxy()
 

@@ -166,8 +166,9 @@ class Pool:
         mgr.track_pid(kernel.pid, kernel)
         if kernel.init_pid is not None:
             mgr.track_pid(kernel.init_pid, kernel)
-        env = kernel.build_policy(kernel.uid, kernel.cgroup_dirs).env
-        kernel.send(p.Activate(dict(env)))
+        # the worker was confined for this profile with no caller env; the caller's env
+        # (checked by the manager) goes on top, as Profile.build_env would put it
+        kernel.send(p.Activate({**worker.activated_env, **kernel.env}))
 
     def on_zygote_message(self, msg: Any) -> None:
         """An idle pooled worker exited or failed (its own record already heard it, through
