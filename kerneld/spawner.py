@@ -18,8 +18,10 @@ raises into the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,8 +73,7 @@ class ZygoteClient:
         try:
             header = await asyncio.wait_for(self.proc.stdout.readexactly(4 + 5), timeout=60)
         except (TimeoutError, asyncio.IncompleteReadError) as exc:
-            if self.proc.returncode is None:
-                self.proc.kill()
+            _kill(self.proc)
             raise KernelStartError(f"the zygote failed to start ({self.python}); see the "
                                    "daemon's log for its error") from exc
         if header[4:] != b"ready":
@@ -124,8 +125,7 @@ class ZygoteClient:
             self.on_message(msg)
 
     async def _died(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is None:
-            proc.kill()
+        _kill(proc)  # its stdout closed: normally it has exited already
         code = await proc.wait()
         self._reader = None
         for future in self._pending.values():
@@ -144,10 +144,22 @@ class ZygoteClient:
         try:
             await asyncio.wait_for(proc.wait(), timeout=2)
         except TimeoutError:
-            proc.kill()
+            _kill(proc)
             await proc.wait()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the zygote unless asyncio already knows it exited.
+
+    Not `proc.kill()`: `subprocess.Popen.send_signal` first polls with waitpid(WNOHANG) and
+    so can reap a zygote that has just exited, before asyncio's child watcher does; the
+    watcher then logs "Unknown child process" and reports exit code 255. A signal to a
+    zombie does nothing, and its pid cannot be reused before the watcher reaps it."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
 
 
 class WorkerHub:

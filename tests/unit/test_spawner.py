@@ -1,0 +1,54 @@
+"""The zygote's process handling in the manager (kerneld.spawner)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from kerneld.spawner import _kill
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+@pytest.fixture
+async def pidfd_watcher():
+    """A child watcher that reaps from the event loop, not from a thread: between an exit and
+    the loop's next turn the child stays a zombie, so a test can look at it."""
+    loop = asyncio.get_running_loop()
+    old = asyncio.get_child_watcher()
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(loop)
+    asyncio.set_child_watcher(watcher)
+    yield
+    asyncio.set_child_watcher(old)
+
+
+async def test_kill_leaves_an_exited_zygote_to_asyncio(pidfd_watcher, caplog):
+    """`_kill` of a process that has exited but that asyncio has not reaped yet must not reap
+    it (Popen.kill() would: it polls with waitpid first). asyncio then reports the real exit
+    code instead of logging "Unknown child process" and reporting 255."""
+    proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 3")
+    deadline = time.monotonic() + 10
+    while _state(proc.pid) != "Z":  # no await: the loop cannot reap it meanwhile
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.001)  # noqa: ASYNC251 (deliberately blocking: see above)
+    assert proc.returncode is None
+    _kill(proc)
+    assert _state(proc.pid) == "Z"  # still there for asyncio to reap
+    assert await asyncio.wait_for(proc.wait(), 10) == 3
+    assert "Unknown child process" not in caplog.text
+
+
+async def test_kill_stops_a_running_zygote():
+    proc = await asyncio.create_subprocess_exec("/bin/sleep", "60")
+    _kill(proc)
+    assert await asyncio.wait_for(proc.wait(), 10) == -9
+    _kill(proc)  # exited and reaped: returncode known, so no signal (the pid may be reused)
