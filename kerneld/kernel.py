@@ -221,6 +221,20 @@ class Engine:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def hold_traps(self) -> None:
+        """Enter the shell's builtin and display traps for the life of this process, as
+        IPython's own terminal does around its main loop; each `run_cell` then finds them
+        entered and leaves `builtins` alone.
+
+        Why: the builtin trap deletes `exit`/`quit` from `builtins` and adds `get_ipython`
+        on entry, and undoes both on exit, several times per cell. Every change of the
+        builtins dict's keys invalidates what CPython 3.11 cached for each `len`, `isinstance`
+        ... in all code, so each cell re-specialised code all over the process: ~10 % of a
+        `1+1` cell's time, and code-object pages written (copied) in every forked worker.
+        For worker processes only: in-process kernels share the daemon's `builtins`."""
+        self.shell.builtin_trap.__enter__()
+        self.shell.display_trap.__enter__()
+
     def warm(self, rounds: int = WARM_ROUNDS) -> None:
         """Run throwaway cells the way users' run (result, history, traceback, syntax error),
         then reset the shell to a fresh session (execution count 1, empty In/Out).

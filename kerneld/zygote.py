@@ -242,6 +242,7 @@ class Zygote:
         _preload(preload)
         sandbox.warm()
         self.engine = kernel.Engine()
+        self.engine.hold_traps()
         self.engine.warm()
         self.children: dict[int, int] = {}   # boot-status read fd → pid
         self.init = os.path.join(os.path.dirname(sys.executable), "kerneld-init")

@@ -109,3 +109,29 @@ def test_top_level_async_still_runs_as_a_coroutine(engine, cell, value):
     (status, _, result, error), _ = run(engine, cell)
     assert status == "ok", error
     assert result["data"]["text/plain"] == value
+
+
+def test_held_traps_leave_builtins_alone_across_cells():
+    """Workers hold the builtin and display traps (Engine.hold_traps): cells then neither add
+    nor delete builtins, whose key changes would invalidate CPython's specialised globals
+    lookups process-wide. Cells still see IPython's `get_ipython`, `exit` and displayhook."""
+    import builtins
+    import sys
+
+    eng = Engine(singleton=False)
+    before = set(vars(builtins))
+    hook = sys.displayhook
+    eng.hold_traps()
+    try:
+        held = set(vars(builtins))
+        assert "get_ipython" in held and "exit" not in held  # as inside a cell
+        for code in ("1+1", "x = get_ipython()", "exit.__class__.__name__", "1/0"):
+            run(eng, code)
+            assert set(vars(builtins)) == held
+        (status, _, result, _), _ = run(eng, "type(exit).__name__")
+        assert status == "ok" and result["data"]["text/plain"] == "'ExitAutocall'"
+        assert sys.displayhook is eng.shell.displayhook
+    finally:
+        eng.shell.display_trap.__exit__(None, None, None)
+        eng.shell.builtin_trap.__exit__(None, None, None)
+    assert set(vars(builtins)) == before and sys.displayhook is hook
