@@ -335,7 +335,8 @@ async def test_issue3_d_destroy_kills_the_whole_tree(lab) -> None:
     kid = await lab.fresh()
     Ok(value=1).check(await lab.execute(kid, ESCAPE), "daemons started")
     uid, ns, procs = _snapshot(lab, kid)
-    assert len(procs) >= 7, f"expected init + worker + 4 daemons (+ children): {procs}"
+    # the respawner's child is absent while it forks the next one: 6 is the floor
+    assert len(procs) >= 6, f"expected init + worker + 4 daemons (+ children): {procs}"
     assert all(p.uids().real == uid for p in procs)
     await lab.mgr.destroy_kernel(kid)
     _nothing_left(uid, ns, procs)
