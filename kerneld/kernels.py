@@ -290,9 +290,8 @@ class _Kernel:
             future = self._asks.pop(msg.req_id, None)
             if future is not None and not future.done():
                 future.set_result(msg.content)
-        elif isinstance(msg, p.Hello):
-            if self._hello is not None and not self._hello.done():
-                self._hello.set_result(None)
+        elif isinstance(msg, p.Hello) and self._hello is not None and not self._hello.done():
+            self._hello.set_result(None)
 
     def _finish(self, msg: p.Done) -> None:
         current = self.current

@@ -29,7 +29,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import zmq
 
@@ -191,10 +191,10 @@ class KernelManager:
         if len(self._kernels) >= self.config.max_kernels:
             raise LimitExceeded(f"kernel limit reached (max_kernels = {self.config.max_kernels})")
         env = _check_env(env)
-        options = dict(profile=profile or self.config.default_profile, env=env,
-                       filesystem=filesystem, permissions=permissions, limits=limits,
-                       inactivity_timeout=inactivity_timeout,
-                       max_execution_time=max_execution_time)
+        options = {"profile": profile or self.config.default_profile, "env": env,
+                   "filesystem": filesystem, "permissions": permissions, "limits": limits,
+                   "inactivity_timeout": inactivity_timeout,
+                   "max_execution_time": max_execution_time}
         kernel = _Kernel(self, kernel_id, namespace, mode, options)
         self._kernels[kernel_id] = kernel
         try:
@@ -452,7 +452,7 @@ class KernelManager:
             except OSError:
                 pass
 
-    async def __aenter__(self) -> KernelManager:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -494,7 +494,7 @@ class Kernel:
         if self._owns:
             await self.manager.close()
 
-    async def __aenter__(self) -> Kernel:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -107,9 +107,9 @@ class Pool:
         from kerneld.kernels import KernelMode, _Kernel
         # `+` is outside the kernel id alphabet: no caller's kernel (nor its listeners)
         # can share the id of a pooled worker running its warm-up cells
-        worker = _Kernel(self.manager, f"pool+{profile}", None, KernelMode.WORKER, dict(
-            profile=profile, env={}, filesystem=None, permissions=None, limits=None,
-            inactivity_timeout=None, max_execution_time=None))
+        options: dict[str, Any] = {"profile": profile, "env": {}, "filesystem": None, "permissions": None,
+                   "limits": None, "inactivity_timeout": None, "max_execution_time": None}
+        worker = _Kernel(self.manager, f"pool+{profile}", None, KernelMode.WORKER, options)
         try:
             await worker._spawn()
             worker.status = "idle"
@@ -121,7 +121,7 @@ class Pool:
         except asyncio.CancelledError:
             await worker.kill()
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any failure: count it, kill the worker, go on)
             state.failures += 1
             log.error("pool worker failed to start profile=%s error=%s", profile, exc)
             await worker.kill()

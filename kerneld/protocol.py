@@ -30,7 +30,7 @@ not fit, and only accepts events for the execution it is actually running on tha
 from __future__ import annotations
 
 import struct
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -124,7 +124,7 @@ class Activate(msgspec.Struct, frozen=True, tag="activate", tag_field="t"):
     env: dict[str, str]
 
 
-ToWorker = Union[Execute, InputReply, Complete, Inspect, IsComplete, Shutdown, Activate]
+ToWorker = Execute | InputReply | Complete | Inspect | IsComplete | Shutdown | Activate
 
 # --------------------------------------------------------------------------- worker → manager
 
@@ -153,7 +153,7 @@ class Answer(msgspec.Struct, frozen=True, tag="answer", tag_field="t"):
     content: dict[str, Any]
 
 
-FromWorker = Union[Hello, Output, Done, Answer]
+FromWorker = Hello | Output | Done | Answer
 
 # --------------------------------------------------------------------------- manager ↔ zygote
 
@@ -186,7 +186,7 @@ class Exited(msgspec.Struct, frozen=True, tag="exited", tag_field="t"):
     signal: int | None
 
 
-FromZygote = Union[Forked, BootFailed, Exited]
+FromZygote = Forked | BootFailed | Exited
 
 # --------------------------------------------------------------------------- client ↔ daemon
 
@@ -212,7 +212,7 @@ class Reply(msgspec.Struct, frozen=True, tag="reply", tag_field="t"):
     error: dict[str, Any] | None = None
 
 
-ToClient = Union[Event, Reply]
+ToClient = Event | Reply
 
 # --------------------------------------------------------------------------- codecs
 

@@ -84,7 +84,7 @@ def _preload(modules: list[str]) -> None:
     for name in modules:
         try:
             importlib.import_module(name)
-        except Exception as exc:  # a missing optional module must not stop the zygote
+        except Exception as exc:  # noqa: BLE001 (a missing optional module must not stop it)
             print(f"zygote: preload failed module={name} error={exc!r}", file=sys.stderr)
 
 
@@ -363,7 +363,7 @@ class Zygote:
                 if req.cwd:
                     os.chdir(req.cwd)
             os.close(status_w)
-        except BaseException as exc:  # report, never run user code half-confined
+        except BaseException as exc:  # noqa: BLE001 (report; never run code half-confined)
             try:
                 os.write(status_w, f"{type(exc).__name__}: {exc}".encode()[:8000])
             finally:
@@ -371,7 +371,7 @@ class Zygote:
         code = 0
         try:
             self.worker.main(self.engine, req.token, req.endpoint)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 (the worker's last words go to the daemon's log)
             traceback.print_exc()
             code = EXIT_BOOT
         os._exit(code)

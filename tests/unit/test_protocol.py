@@ -62,8 +62,8 @@ def test_framing_refuses_absurd_lengths():
 
 
 def test_execution_result_success_follows_status():
-    base = dict(execution_id="e", kernel_id="k", execution_count=1, result=None, error=None,
-                outputs=[], started=1.0, finished=2.0)
+    base = {"execution_id": "e", "kernel_id": "k", "execution_count": 1, "result": None,
+            "error": None, "outputs": [], "started": 1.0, "finished": 2.0}
     assert p.ExecutionResult(status="ok", **base).success
     assert not p.ExecutionResult(status="error", **base).success
     assert not p.ExecutionResult(status="aborted", **base).success
