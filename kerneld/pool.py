@@ -107,8 +107,9 @@ class Pool:
         from kerneld.kernels import KernelMode, _Kernel
         # `+` is outside the kernel id alphabet: no caller's kernel (nor its listeners)
         # can share the id of a pooled worker running its warm-up cells
-        options: dict[str, Any] = {"profile": profile, "env": {}, "filesystem": None, "permissions": None,
-                   "limits": None, "inactivity_timeout": None, "max_execution_time": None}
+        options: dict[str, Any] = {
+            "profile": profile, "env": {}, "filesystem": None, "permissions": None,
+            "limits": None, "inactivity_timeout": None, "max_execution_time": None}
         worker = _Kernel(self.manager, f"pool+{profile}", None, KernelMode.WORKER, options)
         try:
             await worker._spawn()
