@@ -96,6 +96,7 @@ class _Kernel:
         self._exited: asyncio.Future[None] | None = None
         self._init_exited: asyncio.Future[None] | None = None
         self._init_killed = False
+        self._boot_failed = False
         self._asks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._restarting = False
         _check_mount_root(options["filesystem"], manager.config.mount_roots)
@@ -158,6 +159,7 @@ class _Kernel:
         loop = asyncio.get_running_loop()
         self.token = secrets.token_bytes(16)
         self._hello, self._exited = loop.create_future(), loop.create_future()
+        self._boot_failed = False
         mgr.hub.register(self.token, self.on_message)
         forked = await mgr.zygote.fork(
             kernel_id=self.id, token=self.token,
@@ -314,6 +316,7 @@ class _Kernel:
     def on_zygote_message(self, msg: Any, zygote_died: bool = False) -> None:
         if isinstance(msg, p.BootFailed):
             if self._hello is not None and not self._hello.done():
+                self._boot_failed = True
                 self._hello.set_exception(SandboxUnavailable(
                     f"the kernel could not be confined, so it was not started: {msg.message}"))
             return
@@ -330,6 +333,8 @@ class _Kernel:
             self._hello.set_exception(KernelStartError(
                 f"the worker exited while starting ({_describe_exit(msg, False)})"))
             return
+        if self._boot_failed:
+            return  # the exit that followed BootFailed: the creator has been told why
         if self.pid is None or self._restarting:
             return  # an exit we caused (destroy / restart)
         self.manager.track_pid(self.pid, None)

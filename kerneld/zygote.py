@@ -307,6 +307,10 @@ class Zygote:
                 return
             if pid == 0:
                 return
+            # a worker that failed to confine itself wrote why to its status pipe before it
+            # exited: report that first, so the manager never sees a bare exit instead
+            for fd in [fd for fd, child in self.children.items() if child == pid]:
+                self._boot_status(fd)
             code = os.waitstatus_to_exitcode(status)
             exit_code, sig = (code, None) if code >= 0 else (None, -code)
             _write(p.encode(p.Exited(pid, exit_code, sig)))

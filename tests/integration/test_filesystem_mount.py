@@ -6,6 +6,7 @@ owner (the mount is idmapped: see sandbox/mounts.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -103,14 +104,21 @@ async def test_read_only_mount(manager: KernelManager, host_dir: Path) -> None:
     assert sorted(p.name for p in host_dir.iterdir()) == ["host.txt"]
 
 
-async def test_filesystem_that_cannot_be_idmapped_fails_closed(manager: KernelManager) -> None:
+async def test_filesystem_that_cannot_be_idmapped_fails_closed(manager: KernelManager,
+                                                               caplog) -> None:
     """ramfs has no idmapped mounts: the default (strict) profile refuses to start the kernel
-    rather than give it a directory it could not use as its owner."""
+    rather than give it a directory it could not use as its owner. Every attempt says why
+    (the worker's report reaches the manager before its exit does), and a kernel that never
+    started is not reported as a kernel that died."""
     d = tempfile.mkdtemp(prefix="kd-ramfs-")
     sc.mount("ramfs", d, "ramfs", 0, "mode=0700")
     try:
-        with pytest.raises(SandboxUnavailable, match="idmapped mount unsupported on ramfs"):
-            await manager.create_kernel(filesystem={"root": d})
+        for _ in range(6):
+            with pytest.raises(SandboxUnavailable, match="idmapped mount unsupported on ramfs"):
+                await manager.create_kernel(filesystem={"root": d})
+        await asyncio.sleep(0.2)  # any late exit report has arrived
+        assert "kernel died" not in caplog.text
+        assert manager.get_kernel_ids() == []
     finally:
         sc.umount2(d, sc.MNT_DETACH)
         os.rmdir(d)
