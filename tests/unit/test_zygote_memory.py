@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import sys
 
 import pytest
 
@@ -14,13 +15,16 @@ from kerneld import zygote
 
 def test_free_blocks_are_read_from_cpython_and_filled() -> None:
     junk = [bytes(100) for _ in range(20000)]
-    del junk[::2]  # leave holes in partly used pools
+    del junk[::2]  # leave holes in partly used pools of one size class
+    size_class = (sys.getsizeof(junk[0]) + 15) // 16 * 16
     before = zygote._free_blocks()
-    assert sum(before.values()) > 5000, before
+    assert before[size_class] >= 10000, before
     keep = zygote._fill_free_blocks()
     after = zygote._free_blocks()
-    assert len(keep) > 5000
-    assert sum(after.values()) < 1000, after
+    assert len(keep) >= 10000
+    # other classes get a few free blocks back at once (reading the statistics allocates
+    # and frees small strings, as do other threads of the test process): look at ours
+    assert after[size_class] < 100, after
 
 
 def test_malloc_holes_of_the_main_arena_are_filled() -> None:
