@@ -32,12 +32,16 @@ log = logging.getLogger(__name__)
 
 REFILL_DELAY = 0.05  # seconds between serving from the pool and starting its replacement
 
-# Throwaway cells run by each pooled worker before it waits: the copy-on-write faults of a
-# first execution (the engine, and for `1+1` the display hook, formatters and result path:
-# ~85 more pages) are paid here, not by the kernel the worker will serve. The second cell
-# undoes what the first left in the namespace (`_`, `_1`, `Out`), as `%reset -f out` does,
-# so a pooled kernel starts exactly as a fresh one.
-WARM_CELLS = (("1+1", False), ("get_ipython().displayhook.flush()", True))
+# Throwaway cells run by each pooled worker before it waits, as (code, silent,
+# store_history): a first cell's copy-on-write faults (the engine, history, display hook,
+# formatters and result path: ~115 pages) are paid here, not by the kernel the
+# worker will serve, whose first `1+1` then faults as few pages as a later one. The second
+# cell resets the shell to a new session, exactly as the zygote does after its own warm-up
+# (Engine.warm), so a pooled kernel starts as a fresh one: In[1], empty `_` and Out.
+WARM_CELLS = (
+    ("1+1", False, True),
+    ("get_ipython().reset(new_session=True); get_ipython().execution_count = 1", True, False),
+)
 
 
 @dataclass
@@ -114,9 +118,9 @@ class Pool:
         try:
             await worker._spawn()
             worker.status = "idle"
-            for code, silent in WARM_CELLS:
+            for code, silent, history in WARM_CELLS:
                 worker.submit(Execution(worker.id, code, allow_stdin=False, silent=silent,
-                                        store_history=False, streaming=False))
+                                        store_history=history, streaming=False))
                 assert worker.current is not None
                 await worker.current.future
         except asyncio.CancelledError:

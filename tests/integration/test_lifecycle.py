@@ -229,7 +229,7 @@ STATE_PROBE = ("(execution_count_probe := get_ipython().execution_count, _, __, 
 
 
 async def test_pooled_kernel_starts_as_a_fresh_one():
-    """The pool's warm-up cells (a `1+1` to fault in the result path, then a flush) leave
+    """The pool's warm-up cells (a `1+1` with history, then a reset to a new session) leave
     nothing behind: a pooled kernel's outputs, history and namespace equal a fresh kernel's."""
     config = ManagerConfig(pool_size=1, pool_profiles=("default",))
     async with KernelManager(config) as mgr:
