@@ -37,6 +37,7 @@ import importlib
 import os
 import re
 import select
+import shutil
 import signal
 import sys
 import tempfile
@@ -228,7 +229,11 @@ class Zygote:
     """Fork server. `serve()` never returns; it exits when the manager closes stdin."""
 
     def __init__(self, preload: list[str]) -> None:
-        os.environ.setdefault("IPYTHONDIR", tempfile.mkdtemp(prefix="kerneld-ipython-"))
+        # IPython wants a directory for its profile while it starts; nothing reads it later
+        # (workers see their own /tmp and get their environment from Activate), so it is
+        # removed once the shell is warm rather than left behind by every zygote
+        ipython_dir = tempfile.mkdtemp(prefix="kerneld-ipython-")
+        os.environ["IPYTHONDIR"] = ipython_dir
         os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         import msgspec
         import zmq  # noqa: F401  (imported for the workers; never instantiated here)
@@ -239,11 +244,14 @@ class Zygote:
         self.protocol = protocol
         self.worker = worker
         self.msgspec = msgspec
-        _preload(preload)
-        sandbox.warm()
-        self.engine = kernel.Engine()
-        self.engine.hold_traps()
-        self.engine.warm()
+        try:
+            _preload(preload)
+            sandbox.warm()
+            self.engine = kernel.Engine()
+            self.engine.hold_traps()
+            self.engine.warm()
+        finally:
+            shutil.rmtree(ipython_dir, ignore_errors=True)
         self.children: dict[int, int] = {}   # boot-status read fd → pid
         self.init = os.path.join(os.path.dirname(sys.executable), "kerneld-init")
         self.devnull = os.open(os.devnull, os.O_RDWR)

@@ -330,11 +330,9 @@ async def test_absent_tcp_daemon_fails_within_connect_timeout() -> None:
     await client.close()
 
 
-def test_stale_socket_file_fails_fast() -> None:
+def test_stale_socket_file_fails_fast(tmp_path) -> None:
     import socket
-    import tempfile
-    d = tempfile.mkdtemp(prefix="kd-stale-")
-    path = os.path.join(d, "kerneld.sock")
+    path = os.path.join(tmp_path, "kerneld.sock")
     s = socket.socket(socket.AF_UNIX)
     s.bind(path)
     s.close()  # the file stays, nothing listens

@@ -4,8 +4,10 @@ termination, death and the warm pool (issue 5)."""
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -250,6 +252,18 @@ async def test_pooled_kernel_starts_as_a_fresh_one():
             states.append(probe.result["data"]["text/plain"])
         assert states[0] == states[1]
         assert "'_2'" not in states[0] and "{1: 2}" in states[0]  # the probe saw cell 1's Out
+
+
+async def test_zygote_leaves_no_ipython_directory_behind():
+    """The zygote's IPYTHONDIR (a temporary directory IPython needs while it starts) is gone
+    once the zygote serves: a daemon or manager started many times leaves no litter in /tmp."""
+    pattern = os.path.join(tempfile.gettempdir(), "kerneld-ipython-*")
+    before = set(glob.glob(pattern))
+    async with KernelManager(ManagerConfig()) as mgr:
+        kid = await mgr.create_kernel()
+        assert (await mgr.execute(kid, "1+1")).success
+        assert set(glob.glob(pattern)) - before == set()
+    assert set(glob.glob(pattern)) - before == set()
 
 
 async def test_warm_pool_serves_and_refills():
