@@ -232,7 +232,8 @@ CASES = [
     # --- devices, mounts, roots ---------------------------------------------------------------
     Case("mknod-char-device",
          "import stat, tempfile\nd = tempfile.mkdtemp()\n"
-         "os.mknod(d + '/mem', stat.S_IFCHR | 0o600, os.makedev(1, 1)); return 1",
+         "os.mknod(d + '/mem', stat.S_IFCHR | 0o600, os.makedev(1, 1))\n"
+         "os.unlink(d + '/mem'); os.rmdir(d); return 1",
          Err("EPERM", "PermissionError"), HOST, Ok(value=1)),
     Case("open-loop-device", "os.close(os.open('/dev/loop0', os.O_RDONLY)); return 1",
          Err("ENOENT", "FileNotFoundError"), HOST, Ok(value=1)),
@@ -260,7 +261,8 @@ CASES = [
          control_body="import tempfile\nsyscall(272, 0x00020000)  # unshare(NEWNS): private\n"
                       "syscall(165, None, b'/', None, 0x40000 | 0x4000, None)\n"
                       "d = tempfile.mkdtemp()\n"
-                      "syscall(165, b'none', d.encode(), b'tmpfs', 0, None); return 1"),
+                      "syscall(165, b'none', d.encode(), b'tmpfs', 0, None)\n"
+                      "syscall(166, d.encode(), 2); os.rmdir(d); return 1"),
     Case("umount-to-uncover", "syscall(166, b'/usr', 2); return 1",
          Err("EPERM", "PermissionError"), HOST, Not("EPERM"),
          control_body="syscall(272, 0x00020000)\nsyscall(166, b'/nonexistent-dir', 2); return 1"),

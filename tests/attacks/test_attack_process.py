@@ -231,7 +231,8 @@ RUN_CASES = [
          Err("EACCES", "PermissionError"), HOST, Ok(value=0), attack_profile="ctl-run",
          control_body="import shutil, subprocess, tempfile\nd = tempfile.mkdtemp()\n"
                       "shutil.copy('/usr/bin/true', d + '/t')\n"
-                      "return subprocess.run([d + '/t']).returncode"),
+                      "code = subprocess.run([d + '/t']).returncode\n"
+                      "shutil.rmtree(d); return code"),
     Case("run-grant-setuid-mount-gains-nothing",
          "import subprocess\nbefore = open('/proc/self/mountinfo').read()\n"
          "os.makedirs('/tmp/m', exist_ok=True)\n"
@@ -241,8 +242,9 @@ RUN_CASES = [
          Ok(value=[True, True], desc="mount failed, nothing mounted"), HOST,
          Ok(value=0, desc="root mounts in a private namespace"), attack_profile="ctl-run",
          control_body="import subprocess, tempfile\nd = tempfile.mkdtemp()\n"
-                      "return subprocess.run(['/usr/bin/unshare', '-m', '/usr/bin/mount', "
-                      "'-t', 'tmpfs', 'none', d]).returncode"),
+                      "code = subprocess.run(['/usr/bin/unshare', '-m', '/usr/bin/mount', "
+                      "'-t', 'tmpfs', 'none', d]).returncode\n"
+                      "os.rmdir(d); return code"),
 ]
 
 
