@@ -30,13 +30,16 @@ from __future__ import annotations
 import codecs
 import collections
 import fcntl
+import functools
 import io
 import os
 import select
 import signal
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -288,10 +291,12 @@ class _Flusher(threading.Thread):
 
 _STREAMS: list[io.TextIOWrapper] = []  # the worker's own sys.stdout and sys.stderr
 
-# Audit events raised before a process is created: its output goes straight to fds 1/2, so
-# what Python still buffers must be written first.
-_SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.posix_spawn", "os.spawn",
-                           "os.exec", "os.fork", "os.forkpty"})
+# What starts a process whose output goes straight to fds 1/2 without running Python's
+# at-fork hooks; `os.fork`, `os.forkpty` and what uses them (`os.spawn*`, `pty`,
+# multiprocessing) are covered by an at-fork hook instead. Not an audit hook: CPython would
+# call it on every audited event (each `open`, import and compile), ~0.23 µs an `os.open`.
+_SPAWNERS = ((os, "system"), (os, "posix_spawn"), (os, "posix_spawnp"), (os, "execv"),
+             (os, "execve"), (subprocess.Popen, "_execute_child"))
 
 
 def _flush_python_streams() -> None:
@@ -308,7 +313,7 @@ def _capture_fds() -> tuple[int, int]:
     Output order: sys.stdout is block-buffered, as Python's is on any pipe (a write(2) per
     print() line caps a print loop at ~80 MB/s; buffered it reaches ~350 MB/s); sys.stderr
     is line-buffered, as always. What could overtake buffered text on the same fd flushes it
-    first: `os.write` to fd 1 or 2, the creation of a process (audit hook), and the worker
+    first: `os.write` to fd 1 or 2, the creation of a process (`_SPAWNERS`), and the worker
     itself before display data, input requests and the end of a cell; the flusher thread
     pushes it out every 20 ms while a cell runs. Not covered (as with ipykernel): C code
     writing to fd 1 itself, e.g. through ctypes, while Python text is still buffered. Order
@@ -331,8 +336,9 @@ def _capture_fds() -> tuple[int, int]:
     sys.stdout, sys.stderr = out, err
     sys.__stdout__, sys.__stderr__ = out, err  # type: ignore[misc]
     os.write = _ordered_write
-    sys.addaudithook(_flush_before_spawn)
-    os.register_at_fork(after_in_child=_fresh_streams_in_child)
+    for owner, name in _SPAWNERS:
+        setattr(owner, name, _flushing_first(getattr(owner, name)))
+    os.register_at_fork(before=_flush_python_streams, after_in_child=_fresh_streams_in_child)
     return ends[0], ends[1]
 
 
@@ -375,9 +381,13 @@ def _ordered_write(fd: int, data: Any, /) -> int:
 _ordered_write.__doc__ = _raw_os_write.__doc__
 
 
-def _flush_before_spawn(event: str, _args: tuple[Any, ...]) -> None:
-    if event in _SPAWN_EVENTS:
+def _flushing_first(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`func`, after the text sys.stdout/sys.stderr still buffer (see `_SPAWNERS`)."""
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
         _flush_python_streams()
+        return func(*args, **kwargs)
+    return call
 
 
 class _Worker:

@@ -67,9 +67,15 @@ async def test_subprocess_output_under_a_profile_that_allows_run(manager: Kernel
     # sys.stdout is block-buffered: what it holds is written before a child's output
     r = await manager.execute(kid, "import os, subprocess\nprint('before', end=' ')\n"
                                    "_ = subprocess.run(['/usr/bin/echo', 'child'])\n"
-                                   "print('mid')\nos.system('/usr/bin/echo sys')\nprint('end')")
+                                   "print('mid')\nos.system('/usr/bin/echo sys')\n"
+                                   "print('a', end=' ')\n"
+                                   "os.waitpid(os.posix_spawn('/usr/bin/echo', ['echo', 'spawn'],"
+                                   " os.environ), 0)\n"
+                                   "print('b', end=' ')\npid = os.fork()\n"
+                                   "if pid == 0:\n    os.write(1, b'forked\\n'); os._exit(0)\n"
+                                   "os.waitpid(pid, 0)\nprint('end')")
     assert r.status == "ok", r.error
-    assert texts(r) == "before child\nmid\nsys\nend\n"
+    assert texts(r) == "before child\nmid\nsys\na spawn\nb forked\nend\n"
     await manager.destroy_kernel(kid)
 
 
