@@ -336,8 +336,6 @@ def _capture_fds() -> tuple[int, int]:
     sys.stdout, sys.stderr = out, err
     sys.__stdout__, sys.__stderr__ = out, err  # type: ignore[misc]
     os.write = _ordered_write
-    for owner, name in _SPAWNERS:
-        setattr(owner, name, _flushing_first(getattr(owner, name)))
     os.register_at_fork(before=_flush_python_streams, after_in_child=_fresh_streams_in_child)
     return ends[0], ends[1]
 
@@ -379,6 +377,14 @@ def _ordered_write(fd: int, data: Any, /) -> int:
 
 
 _ordered_write.__doc__ = _raw_os_write.__doc__
+
+
+def wrap_spawners() -> None:
+    """Make each of `_SPAWNERS` flush the worker's buffered output first. Called by the
+    zygote, once: the wrappers are then shared by every worker instead of being built (and
+    their pages copied) in each. Until `_capture_fds` fills `_STREAMS` they flush nothing."""
+    for owner, name in _SPAWNERS:
+        setattr(owner, name, _flushing_first(getattr(owner, name)))
 
 
 def _flushing_first(func: Callable[..., Any]) -> Callable[..., Any]:

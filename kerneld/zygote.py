@@ -247,6 +247,7 @@ class Zygote:
         try:
             _preload(preload)
             sandbox.warm()
+            worker.wrap_spawners()
             self.engine = kernel.Engine()
             self.engine.hold_traps()
             self.engine.warm()
