@@ -405,17 +405,17 @@ class Server:
         await self._deliver(ident, payload)
 
     def _answer_done(self, ident: bytes, rid: str, future: asyncio.Future[Any]) -> None:
+        exc = None if future.cancelled() else future.exception()
         if future.cancelled():
             payload = _error_payload(rid, DaemonUnavailable(
                 "the daemon shut down before this request finished"))
-        elif isinstance(future.exception(), KernelError):
-            payload = _error_payload(rid, future.exception())  # type: ignore[arg-type]
-        elif future.exception() is not None:
-            exc = future.exception()
+        elif exc is None:
+            payload = _ok_payload(rid, future.result())
+        elif isinstance(exc, KernelError):
+            payload = _error_payload(rid, exc)
+        else:
             log.error("execute failed error=%r", exc)
             payload = _error_payload(rid, InternalError(f"execute: {type(exc).__name__}: {exc}"))
-        else:
-            payload = _ok_payload(rid, future.result())
         if self._send(ident, payload) == _AGAIN:
             self._task(self._deliver(ident, payload))
 

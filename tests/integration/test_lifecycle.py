@@ -15,16 +15,9 @@ import pytest
 
 from kerneld import KernelEvents, KernelManager, KernelNotFound
 from kerneld.config import ManagerConfig
+from tests._proc import gone_or_zombie
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-def _gone_or_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def pid_of(manager: KernelManager, kid: str) -> int:
@@ -193,7 +186,7 @@ async def test_force_terminate(manager: KernelManager):
     assert kid not in manager.get_kernel_ids()
     assert terminated[0].data == {"kernel_id": kid, "reason": "runaway agent"}
     await asyncio.sleep(0.1)
-    assert _gone_or_zombie(pid)
+    assert gone_or_zombie(pid)
 
 
 async def test_death_by_cpu_limit_is_reported(manager: KernelManager):
@@ -226,6 +219,14 @@ async def test_restart_on_death(tmp_path: Path):
         assert (await mgr.execute(kid, "4")).success
 
 
+async def _pool_filled(mgr: KernelManager, idle: int) -> None:
+    """Until the default profile's pool holds `idle` workers (at most 10 s)."""
+    for _ in range(100):
+        if mgr.get_pool_stats()["default"]["idle"] == idle:
+            return
+        await asyncio.sleep(0.1)
+
+
 STATE_PROBE = ("(execution_count_probe := get_ipython().execution_count, _, __, ___, "
                "dict(_oh), len(In), sorted(k for k in globals() if k.startswith('_')))")
 
@@ -236,10 +237,7 @@ async def test_pooled_kernel_starts_as_a_fresh_one():
     config = ManagerConfig(pool_size=1, pool_profiles=("default",))
     async with KernelManager(config) as mgr:
         await mgr.start()
-        for _ in range(100):
-            if mgr.get_pool_stats()["default"]["idle"] == 1:
-                break
-            await asyncio.sleep(0.1)
+        await _pool_filled(mgr, 1)
         pooled = await mgr.create_kernel()
         assert mgr.get_pool_stats()["default"]["served"] == 1
         fresh = await mgr.create_kernel(limits={"memory": "512MiB"})  # not from the pool
@@ -270,10 +268,7 @@ async def test_warm_pool_serves_and_refills():
     config = ManagerConfig(pool_size=4, pool_profiles=("default",))
     async with KernelManager(config) as mgr:
         await mgr.start()
-        for _ in range(100):
-            if mgr.get_pool_stats()["default"]["idle"] == 4:
-                break
-            await asyncio.sleep(0.1)
+        await _pool_filled(mgr, 4)
         assert mgr.get_pool_stats()["default"]["idle"] == 4
         started = time.monotonic()
         kids = [await mgr.create_kernel(env={"N": str(i)}) for i in range(4)]
@@ -289,10 +284,7 @@ async def test_warm_pool_serves_and_refills():
             seen_uids.add(uid)
         if os.geteuid() == 0:
             assert len(seen_uids) == 4 and 0 not in seen_uids
-        for _ in range(100):
-            if mgr.get_pool_stats()["default"]["idle"] == 4:
-                break
-            await asyncio.sleep(0.1)
+        await _pool_filled(mgr, 4)
         assert mgr.get_pool_stats()["default"]["idle"] == 4  # refilled
         assert "default=4/4" in repr(mgr.pool)
         # a request that changes the confinement is created fresh, transparently

@@ -15,6 +15,7 @@ import pytest
 from _support import Driver, confined, needs_cgroups, result
 
 from sandbox import Limits, cgroups
+from tests._proc import gone_or_zombie
 
 pytestmark = [pytest.mark.sandbox, needs_cgroups]
 
@@ -122,7 +123,7 @@ def test_kill_leaves_no_process_even_when_detached_and_ignoring_sigterm() -> Non
         proc.wait(timeout=5)
         assert _members(dirs) == set()
         for pid in members - {proc.pid}:
-            assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid)
+            assert gone_or_zombie(pid)
     finally:
         cgroups.kill(dirs)
         cgroups.remove(dirs)
@@ -136,14 +137,6 @@ def _members(dirs: tuple[str, ...]) -> set[int]:
         with open(os.path.join(d, "cgroup.procs")) as f:
             out |= {int(p) for p in f.read().split()}
     return out
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_create_is_fast_and_writes_the_limits() -> None:

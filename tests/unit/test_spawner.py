@@ -8,14 +8,7 @@ import time
 import pytest
 
 from kerneld.spawner import _kill
-
-
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return None
+from tests._proc import process_state
 
 
 @pytest.fixture
@@ -37,12 +30,12 @@ async def test_kill_leaves_an_exited_zygote_to_asyncio(pidfd_watcher, caplog):
     code instead of logging "Unknown child process" and reporting 255."""
     proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 3")
     deadline = time.monotonic() + 10
-    while _state(proc.pid) != "Z":  # no await: the loop cannot reap it meanwhile
+    while process_state(proc.pid) != "Z":  # no await: the loop cannot reap it meanwhile
         assert time.monotonic() < deadline, "the child did not exit"
         time.sleep(0.001)  # noqa: ASYNC251 (deliberately blocking: see above)
     assert proc.returncode is None
     _kill(proc)
-    assert _state(proc.pid) == "Z"  # still there for asyncio to reap
+    assert process_state(proc.pid) == "Z"  # still there for asyncio to reap
     assert await asyncio.wait_for(proc.wait(), 10) == 3
     assert "Unknown child process" not in caplog.text
 
