@@ -23,8 +23,6 @@ def p(lab) -> dict:
             "unix": lab.t.unix_path}
 
 
-
-
 SCAN_FOR_SECRET = """
 hits = [k for k, v in os.environ.items() if P['secret'] in v]
 for pid in [d for d in os.listdir('/proc') if d.isdigit()] + ['self', 'thread-self']:
