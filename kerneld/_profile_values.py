@@ -318,7 +318,9 @@ def parse_filesystem(label: str, table: object, base: FilesystemSpec, *,
             text = os.path.expanduser(string(where, value))
             if "\0" in text or (not os.path.isabs(text) and not relative_ok):
                 raise fail(where, f"expected an absolute path (or ~/...), got {value!r}")
-            out[key] = os.path.realpath(text)
+            # a profile's root is the admin's: resolved now. A request's stays as written:
+            # kerneld.hostdir resolves it exactly once, without symlinks under mount_roots
+            out[key] = os.path.abspath(text) if relative_ok else os.path.realpath(text)
         else:
             mp = string(where, value)
             if not os.path.isabs(mp) or "\0" in mp or os.path.normpath(mp) != (mp.rstrip("/")

@@ -29,8 +29,10 @@ import psutil
 import sandbox
 from kerneld import lifecycle
 from kerneld import protocol as p
-from kerneld.errors import KernelError, KernelStartError, PermissionDenied, SandboxUnavailable
+from kerneld.access import Caller
+from kerneld.errors import KernelError, KernelStartError, SandboxUnavailable
 from kerneld.execution import Execution
+from kerneld.hostdir import HostDir, open_host_dir
 from kerneld.inprocess import InProcessKernel
 
 if TYPE_CHECKING:
@@ -99,10 +101,10 @@ class _Kernel:
         self._boot_failed = False
         self._asks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._restarting = False
-        _check_mount_root(options["filesystem"], manager.config.mount_roots)
         profile = manager.load_profile(options["profile"])
         self.profile = profile.narrow(options["permissions"], options["limits"])
         cfg = manager.config
+        self.host_dir = self._open_host_dir(options["filesystem"], options.get("caller"))
         self.inactivity_timeout: float | None = _first(
             options["inactivity_timeout"], self.profile.inactivity_timeout,
             cfg.inactivity_timeout) or None
@@ -127,13 +129,36 @@ class _Kernel:
         self.touch()
         self._start_next()
 
+    def _open_host_dir(self, request: dict[str, Any] | None,
+                       caller: Caller | None) -> HostDir | None:
+        """The kernel's `filesystem.root`, resolved once into a checked, pinned directory (the
+        worker mounts exactly that inode; see `kerneld.hostdir`). A root the request names is
+        held to `mount_roots` and checked as the caller; one from the profile is the admin's."""
+        fs = self.profile.effective_filesystem(request, self._runtime_prefix())
+        if not fs.enabled or fs.root is None:
+            return None
+        from_request = bool(request) and "root" in request
+        return open_host_dir(fs.root, write=not fs.read_only,
+                             roots=self.manager.config.mount_roots if from_request else None,
+                             caller=caller if from_request else None)
+
+    def _runtime_prefix(self) -> str:
+        return os.path.dirname(os.path.dirname(self.manager.config.runtime_python))
+
     def build_policy(self, uid: int | None, cgroup_dirs: tuple[str, ...]) -> sandbox.Policy:
-        return self.profile.to_policy(
+        filesystem = self.options["filesystem"]
+        if self.host_dir is not None:  # never the request's path again: the checked one
+            filesystem = {**(filesystem or {}), "root": self.host_dir.path}
+        policy = self.profile.to_policy(
             uid=uid, gid=uid, env=self.env, host_env=os.environ,
-            filesystem=self.options["filesystem"], cgroup_dirs=cgroup_dirs,
+            filesystem=filesystem, cgroup_dirs=cgroup_dirs,
             bind_files=((self.manager.hub.socket_path, WORKER_SOCKET),),
-            runtime_prefix=os.path.dirname(os.path.dirname(self.manager.config.runtime_python)),
-            proxy_port=PROXY_PORT)
+            runtime_prefix=self._runtime_prefix(), proxy_port=PROXY_PORT)
+        if self.host_dir is None or not policy.mounts:
+            return policy
+        pinned = dataclasses.replace(policy.mounts[0],
+                                     identity=(self.host_dir.dev, self.host_dir.ino))
+        return dataclasses.replace(policy, mounts=(pinned, *policy.mounts[1:]))
 
     async def _spawn(self) -> None:
         mgr = self.manager
@@ -272,6 +297,19 @@ class _Kernel:
             self.created = time.time()
             self.execution_count = 0
             await self.start()
+        except BaseException as exc:
+            # the new worker never came up (e.g. its mount was refused): the kernel is dead,
+            # not "starting" forever with executions queued behind nothing
+            self._restarting = False
+            await self.kill()
+            reason = f"the restart failed: {exc}"
+            log.warning("kernel died kernel=%s reason=%r", self.id, reason)
+            self.status = "dead"
+            self.end_executions("KernelDied", reason)
+            self.manager.dispatch(p.KernelEvent("kernel_died", {
+                "kernel_id": self.id, "reason": reason, "exit_code": None, "signal": None},
+                self.id))
+            raise
         finally:
             self._restarting = False
         self.manager.dispatch(p.KernelEvent("kernel_restarted", {"kernel_id": self.id}, self.id))
@@ -499,19 +537,6 @@ class _Kernel:
             return int(psutil.Process(self.pid).memory_info().rss)
         except psutil.Error:
             return None
-
-
-def _check_mount_root(filesystem: dict[str, Any] | None, roots: tuple[str, ...] | None) -> None:
-    """A request may only mount host directories under the configured `mount_roots`."""
-    if not filesystem or roots is None or "root" not in filesystem:
-        return
-    root = os.path.realpath(str(filesystem["root"]))
-    for allowed in roots:
-        allowed = os.path.realpath(allowed)
-        if root == allowed or root.startswith(allowed.rstrip("/") + "/"):
-            return
-    raise PermissionDenied(f"filesystem.root {root!r} is outside the directories this daemon "
-                           f"lets kernels mount (mount_roots = {list(roots)})")
 
 
 def _signal_of(msg: p.Exited) -> int | None:

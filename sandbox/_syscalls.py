@@ -34,14 +34,16 @@ _SYSCALLS: dict[str, dict[str, int]] = {
         "umount2": 166, "sethostname": 170, "capget": 125, "capset": 126, "prctl": 157,
         "close_range": 436, "landlock_create_ruleset": 444, "landlock_add_rule": 445,
         "landlock_restrict_self": 446, "open_tree": 428, "move_mount": 429,
-        "mount_setattr": 442,
+        "mount_setattr": 442, "openat2": 437, "setfsuid": 122, "setfsgid": 123,
+        "setgroups": 116,
     },
     "aarch64": {
         "pivot_root": 41, "clone": 220, "unshare": 97, "setns": 268, "mount": 40,
         "umount2": 39, "sethostname": 161, "capget": 90, "capset": 91, "prctl": 167,
         "close_range": 436, "landlock_create_ruleset": 444, "landlock_add_rule": 445,
         "landlock_restrict_self": 446, "open_tree": 428, "move_mount": 429,
-        "mount_setattr": 442,
+        "mount_setattr": 442, "openat2": 437, "setfsuid": 151, "setfsgid": 152,
+        "setgroups": 159,
     },
 }
 _MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
@@ -77,6 +79,10 @@ AT_EMPTY_PATH = 0x1000
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x00000004
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
 MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
 MOUNT_ATTR_NODEV = 0x00000004
@@ -221,6 +227,38 @@ def open_tree(path: str, flags: int) -> int:
     """open_tree(AT_FDCWD, path, flags): with OPEN_TREE_CLONE, an fd holding a detached copy
     of the mount at `path` (not recursive), to configure and then attach with `move_mount`."""
     return _check(_syscall("open_tree", AT_FDCWD, _b(path), flags), "open_tree", path)
+
+
+def open_tree_fd(fd: int, flags: int) -> int:
+    """open_tree(fd, "", AT_EMPTY_PATH | flags): the same, for the directory `fd` refers to."""
+    return _check(_syscall("open_tree", fd, b"", AT_EMPTY_PATH | flags), "open_tree")
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(dirfd, path, {flags, 0, resolve}) (Linux >= 5.6): RESOLVE_* restrict how the
+    path is walked (no symlinks, never above `dirfd`), which plain openat cannot."""
+    how = _OpenHow(flags, 0, resolve)
+    return _check(_syscall("openat2", dirfd, _b(path), ctypes.addressof(how),
+                           ctypes.sizeof(how)), "openat2", path)
+
+
+def thread_fs_ids(uid: int, gid: int, groups: tuple[int, ...]) -> None:
+    """Make the *calling thread* check file access as uid/gid/groups: raw setgroups, setfsgid,
+    setfsuid (glibc's setgroups would change every thread of the process; the raw calls are
+    per-thread). Leaving fsuid 0 drops the thread's file capabilities (CAP_DAC_OVERRIDE, ...).
+    Only for a thread that ends right after its checks: nothing here changes back."""
+    arr = (ctypes.c_uint * max(1, len(groups)))(*groups)
+    _check(_syscall("setgroups", len(groups), ctypes.addressof(arr)), "setgroups")
+    _syscall("setfsgid", gid)
+    _syscall("setfsuid", uid)
+    # both calls return the previous value: a repeat returns the value now in force
+    if _syscall("setfsgid", gid) != gid or _syscall("setfsuid", uid) != uid:
+        raise PermissionError(1, f"could not switch the file-system ids to {uid}:{gid}")
 
 
 def mount_setattr(fd: int, attr_set: int, attr_clr: int = 0, userns_fd: int = 0) -> None:

@@ -109,6 +109,7 @@ class Op:
     data: str = ""
     optional: bool = True
     idmap: IdMap | None = None
+    identity: tuple[int, int] | None = None  # (st_dev, st_ino) the source must have
 
 
 def _depth(path: str) -> int:
@@ -207,7 +208,7 @@ def _user_binds(policy: Policy) -> list[Op]:
     for m in policy.mounts:
         flags = RO if m.read_only else RW | _noexec(policy, m.target)
         binds[m.target] = Op("bind", m.target, m.source, flags, optional=False,
-                             idmap=_idmap(policy, m))
+                             idmap=_idmap(policy, m), identity=m.identity)
     for src, inside in policy.bind_files:
         binds[inside] = Op("bind", inside, src, RO | sc.MS_NOEXEC, optional=False)
     if not hostroot and policy.exec_paths != ALL and policy.exec_paths:
@@ -283,6 +284,9 @@ class _View:
         if op.idmap is not None and self.can_idmap:
             self.bind_idmapped(op, op.idmap)
             return
+        if op.identity is not None:
+            self.bind_pinned(op)
+            return
         src = OLD + op.source
         try:
             st = os.lstat(src)
@@ -310,10 +314,20 @@ class _View:
         first: closing a detached tree unused costs an RCU grace period), or (best-effort
         only) when the idmapping cannot be made."""
         try:
-            if self.owner(os.stat(OLD + op.source), idmap) == (idmap.uid, idmap.gid):
-                self.bind(replace(op, idmap=None))
-                return
-            fd = sc.open_tree(OLD + op.source, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+            if op.identity is not None:
+                pinned = self.pinned(op)
+                try:
+                    if self.owner(os.fstat(pinned), idmap) == (idmap.uid, idmap.gid):
+                        self.bind(replace(op, idmap=None))
+                        return
+                    fd = sc.open_tree_fd(pinned, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+                finally:
+                    os.close(pinned)
+            else:
+                if self.owner(os.stat(OLD + op.source), idmap) == (idmap.uid, idmap.gid):
+                    self.bind(replace(op, idmap=None))
+                    return
+                fd = sc.open_tree(OLD + op.source, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
         except FileNotFoundError:
             if op.optional:
                 return
@@ -338,6 +352,53 @@ class _View:
             os.close(fd)
         if why:
             self.idmap_failed(op, idmap, why, owner=(uid, gid))
+
+    def pinned(self, op: Op) -> int:
+        """An O_PATH handle of `op.source`, reached from the old root without following any
+        symlink and proven to be the directory the supervisor checked (`op.identity`)."""
+        root = os.open(OLD, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = sc.openat2(root, op.source.lstrip("/") or ".",
+                            os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                            sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS)
+        except FileNotFoundError:
+            raise MountError(f"mount source {op.source} does not exist") from None
+        except OSError as e:
+            raise MountError(f"mount source {op.source}: {e.strerror} (no symbolic link may "
+                             "lead to it)") from None
+        finally:
+            os.close(root)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != tuple(op.identity or ()):
+            os.close(fd)
+            raise MountError(f"mount source {op.source} is not the directory that was checked "
+                             "(it was replaced after the request): refusing to mount it")
+        return fd
+
+    def bind_pinned(self, op: Op) -> None:
+        """Bind the checked directory from its handle: a detached clone of it (root), or the
+        handle's /proc/self/fd link, which names that very inode (user namespace: no
+        open_tree of the host's mounts there)."""
+        fd = self.pinned(op)
+        try:
+            if not self.userns:
+                tree = sc.open_tree_fd(fd, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+                try:
+                    sc.mount_setattr(tree, mount_attrs(op.flags))
+                    self.mountpoint(op.target, True)
+                    sc.move_mount(tree, op.target)
+                finally:
+                    os.close(tree)
+                return
+            self.mountpoint(op.target, True)
+            link = f"{self.procfs or OLD + '/proc'}/self/fd/{fd}"
+            try:
+                sc.mount(link, op.target, None, sc.MS_BIND)
+            except OSError:
+                sc.mount(link, op.target, None, sc.MS_BIND | sc.MS_REC)  # locked submounts
+            self.remount(op.target, op.flags)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def owner(st: os.stat_result, idmap: IdMap) -> tuple[int, int]:

@@ -43,6 +43,9 @@ class Mount:
     by `map_uid:map_gid`; every other on-disk id appears as the overflow id (65534).
     None (the default) means the owner of `source` as `stat` sees it when the mount is made;
     `map_uid == Policy.uid` (and `map_gid == Policy.gid`) means no idmapping.
+    `identity`: (st_dev, st_ino) of the directory the supervisor checked; the worker then
+    reaches `source` without following any symlink, mounts only that very inode (from its own
+    handle) and fails closed if the path now leads elsewhere.
     """
 
     source: str
@@ -50,6 +53,7 @@ class Mount:
     read_only: bool = False
     map_uid: int | None = None
     map_gid: int | None = None
+    identity: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,13 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 if not os.path.exists(PYTHON):
     PYTHON = sys.executable
 
-DEV_CONFIG = """
+# The test daemons' only mount root: a directory of root's own (kernels mount directories made
+# under it with tempfile.mkdtemp(dir=MOUNT_ROOT); /tmp itself is refused as a mount root's
+# content would be world-writable and sticky).
+MOUNT_ROOT = "/tmp/kerneld-test-mounts"
+os.makedirs(MOUNT_ROOT, mode=0o755, exist_ok=True)
+
+DEV_CONFIG = f"""
 [daemon]
 shutdown_grace = 2
 
@@ -36,6 +42,7 @@ preload = []
 
 [kernels]
 confine = false   # only for development/tests of the daemon itself
+mount_roots = ["{MOUNT_ROOT}"]
 """
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _daemon import Daemon
+from _daemon import MOUNT_ROOT, Daemon
 
 import kerneld
 from kerneld import (
@@ -158,7 +158,7 @@ def test_errors_are_the_managers(client: kerneld.client.Client, daemon: Daemon) 
 def test_filesystem_root_is_made_absolute_by_the_client(client: kerneld.client.Client,
                                                         tmp_path: object) -> None:
     here = os.getcwd()
-    d = __import__("tempfile").mkdtemp(prefix="kd-fs-")
+    d = __import__("tempfile").mkdtemp(prefix="kd-fs-", dir=MOUNT_ROOT)
     try:
         os.chdir(d)
         with open("data.txt", "w") as f:
