@@ -17,6 +17,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,31 @@ def daemon_fds(pid: int) -> int | None:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
+
+
+class NotifyDrain(threading.Thread):
+    """Reads a test daemon's NOTIFY_SOCKET for as long as it lives, as systemd would.
+
+    The daemon's sd_notify `sendto` blocks once the socket holds
+    /proc/sys/net/unix/max_dgram_qlen unread datagrams (10 here): a daemon whose notify
+    socket nobody reads freezes after ~10 STATUS= lines, i.e. ~50 s (tests/integration's
+    `Daemon` reads it only while a test waits for a line)."""
+
+    def __init__(self, daemon: Any) -> None:
+        super().__init__(name="notify-drain", daemon=True)
+        self.target, self.running = daemon, True
+        self.start()
+
+    def run(self) -> None:
+        while self.running and self.target.proc.poll() is None:
+            try:
+                self.target.read_notify(0.2)
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self.running = False
+        self.join(2)
 
 
 class Watch:

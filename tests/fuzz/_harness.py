@@ -27,7 +27,7 @@ import psutil
 
 from kerneld import protocol as p
 from kerneld._ops import OPS
-from tests._watch import Watch, daemon_fds
+from tests._watch import NotifyDrain, Watch, daemon_fds
 from tests.fuzz._known import active, raw_defect, request_defect
 from tests.fuzz._strategies import MOUNT_ROOT, SUBSCRIPTION_REF, TARGETS, RawCase, Req
 from tests.fuzz._wire import Entry, Ledger, error_type, readable_id
@@ -162,6 +162,7 @@ class FuzzDaemon:
 
     def _start(self) -> None:
         self.daemon = Daemon(config(self.confined)).wait_ready()
+        self.drain = NotifyDrain(self.daemon)
         self.ledger = Ledger(self.daemon.address, "f")
         proc = psutil.Process(self.daemon.pid)
         if self.rss_first is None:
@@ -174,6 +175,7 @@ class FuzzDaemon:
     def _stop(self) -> None:
         self.watch_figures.append(self.watch.stop())
         self.ledger.close()
+        self.drain.stop()
         self.daemon.close()
 
     def close(self) -> None:
@@ -244,6 +246,7 @@ class FuzzDaemon:
         problems += self._settle([e.rid for e, _, _ in sent])
         for entry, exp, _ in sent:
             problems += self._judge(entry, exp)
+            entry.forget()
         if not self.alive():
             problems.append(self._crashed("; ".join(e.what for e, _, _ in sent)))
         else:
@@ -299,6 +302,8 @@ class FuzzDaemon:
                 problems.append(f"{what}: InternalError {reply.error}")
         if not sentinel.ok:
             problems.append(f"{what}: the ping after it failed: {sentinel.error}")
+        for rid in embedded:
+            led.entries[rid].forget()
         if not self.alive():
             problems.append(self._crashed(what))
         problems += led.problems[seen:]

@@ -41,6 +41,9 @@ KNOWN: dict[str, Known] = {k.item: k for k in (
                               "raises RecursionError out of WorkerHub._drain (a traceback logged "
                               "per message) and the hub leaves every message queued behind it "
                               "unread until the next one arrives", "hub"),
+    Known("notify-blocks", "found by the load run: the daemon's sd_notify sendto blocks, so a "
+                           "NOTIFY_SOCKET nobody reads (max_dgram_qlen datagrams queued: ~50 s "
+                           "of STATUS= lines) freezes the daemon's event loop for good"),
     Known("hub-log-flood", "found by the hub fuzzer: every malformed worker message is logged "
                            "at WARNING, without a rate limit (a kernel can flood the daemon's "
                            "log)", "hub"),

@@ -64,6 +64,9 @@ def test_raw_frames(fz: FuzzDaemon, case: RawCase) -> None:
 def test_the_daemon_held_up(fz: FuzzDaemon) -> None:
     """The whole-run promises, after the fuzzers above (and the figures for docs)."""
     led = fz.ledger
+    seen = len(led.problems)
+    led.drain(0.5)  # late replies: a second terminal reply, or one for an id never sent
+    late = led.problems[seen:]
     orphans = fz.orphans()
     status = led.call("status").value
     fz.watch_figures.append(fz.watch.stop())
@@ -96,7 +99,7 @@ def test_the_daemon_held_up(fz: FuzzDaemon) -> None:
     record(SECTION, "kernels unblocked (interrupt/input/restart rounds)", fz.stats.unblocked)
     record(SECTION, "slowest examples s", [f"{t:.2f} {w[:120]}" for t, w in fz.slowest])
     record(SECTION, "duration s", round(time.monotonic() - fz.started, 1))
-    failures = []
+    failures = [f"late: {x}" for x in late]
     if fz.crashes:
         failures.append(f"{len(fz.crashes)} daemon crash(es); first:\n{fz.crashes[0]}")
     slow = [w for w in fz.watch_figures if w.get("timeouts") or w.get("over_limit")]
@@ -196,7 +199,32 @@ def _multi_frame(fz: FuzzDaemon) -> None:
     assert error_type(_reply(fz, frames, rid)) == "InvalidArgument"
 
 
+def _notify_blocks(fz: FuzzDaemon) -> None:
+    """A daemon of its own whose notify socket is not read: 8 SIGHUPs queue 16 datagrams
+    (RELOADING=1, READY=1 each), more than max_dgram_qlen; it must still answer a ping."""
+    import signal
+
+    import kerneld
+    from tests.integration._daemon import Daemon
+    daemon = Daemon().wait_ready()
+    try:
+        for _ in range(8):
+            daemon.signal(signal.SIGHUP)
+            time.sleep(0.2)
+        try:
+            with kerneld.connect(daemon.address, timeout=3) as client:
+                answered = client.ping()["pong"]
+        except kerneld.DaemonUnavailable:
+            answered = False
+    finally:
+        while daemon.read_notify(0.1):  # unblock it, so that it can stop on SIGTERM
+            pass
+        daemon.close()
+    assert answered, "the daemon froze on an unread notify socket"
+
+
 REPRODUCERS = {
+    "notify-blocks": _notify_blocks,
     "complete-cursor": _complete_cursor, "deep-nesting": _deep_nesting, "info-log": _info_log,
     "newline-names": _newline_names, "long-profile": _long_profile, "timeouts": _timeouts,
     "multi-frame": _multi_frame,
