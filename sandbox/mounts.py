@@ -255,6 +255,7 @@ class _View:
         self.can_idmap = root_mode and not userns
         self.procfs: str | None = None  # a procfs of our PID namespace, once mounted
         self.ours = {os.stat("/").st_dev}
+        self.expanded: list[str] = []  # host directories covered by `expand`
 
     def mountpoint(self, path: str, is_dir: bool) -> None:
         if os.path.lexists(path):
@@ -263,11 +264,32 @@ class _View:
         if not os.path.lexists(parent):
             self.mountpoint(parent, True)
         if os.stat(parent).st_dev not in self.ours:
-            raise MountError(f"mount point {path} does not exist in the host directory {parent}")
+            self.expand(parent)
         if is_dir:
             os.mkdir(path, 0o755)
         else:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+    def expand(self, path: str) -> None:
+        """Make room for a mount point inside `path`, a host directory bound into the view
+        (e.g. /home under `read = true`, for the mount point /home/kernel): a small tmpfs over
+        it holding a bind of each of its entries, with the host bind's flags. The host
+        directory is never written; the tmpfs is made read-only once the view is built."""
+        f = os.statvfs(path).f_flag
+        flags = sum(ms for st, ms in ((os.ST_RDONLY, sc.MS_RDONLY), (os.ST_NOSUID, sc.MS_NOSUID),
+                                      (os.ST_NODEV, sc.MS_NODEV), (os.ST_NOEXEC, sc.MS_NOEXEC))
+                    if f & st)
+        names = sorted(os.listdir(path))
+        sc.mount("tmpfs", path, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=16k")
+        self.ours.add(os.stat(path).st_dev)
+        self.expanded.append(path)
+        for name in names:
+            self.bind(Op("bind", f"{path}/{name}", f"{path}/{name}", flags))
+
+    def seal(self) -> None:
+        """The tmpfs of `expand` read-only: they only had to hold mount points."""
+        for path in self.expanded:
+            sc.mount(None, path, None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
 
     def remount(self, target: str, flags: int) -> None:
         if self.userns:  # flags locked by the parent namespace must be kept
@@ -516,6 +538,7 @@ def build(ops: tuple[Op, ...], *, userns: bool, root: bool, workdir: str) -> Non
     view = _View(userns, root)
     for op in ops:
         view.run(op)
+    view.seal()
     sc.umount2(OLD, sc.MNT_DETACH)
     os.rmdir(OLD)
     sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID)  # dev: /dev/null

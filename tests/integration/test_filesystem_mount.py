@@ -122,3 +122,27 @@ async def test_filesystem_that_cannot_be_idmapped_fails_closed(manager: KernelMa
     finally:
         sc.umount2(d, sc.MNT_DETACH)
         os.rmdir(d)
+
+
+async def test_trusted_profile_mounts_at_the_default_point_inside_the_hosts_home(
+        manager: KernelManager, host_dir: Path) -> None:
+    """Issue 11 item 12: under `read = true` the view binds the host's /home, where
+    /home/kernel does not exist; the view now covers /home with a tmpfs that re-binds each of
+    its entries, so the mount point can be made without writing to the host."""
+    assert not os.path.exists("/home/kernel")
+    entry = Path(tempfile.mkdtemp(prefix="kd-home-", dir="/home"))
+    (entry / "seen.txt").write_text("host home entry")
+    entry.chmod(0o755)
+    (entry / "seen.txt").chmod(0o644)
+    try:
+        kid = await manager.create_kernel(profile="trusted",
+                                          filesystem={"enabled": True, "root": str(host_dir)})
+        got = await value(manager, kid, (
+            "import os\n"
+            "w = True\ntry: os.mkdir('/home/planted')\nexcept OSError: w = False\n"
+            f"(os.getcwd(), open('host.txt').read(), open('{entry}/seen.txt').read(), w)"))
+        assert got == "('/home/kernel', 'from the host', 'host home entry', False)"
+        await manager.destroy_kernel(kid)
+    finally:
+        shutil.rmtree(entry, ignore_errors=True)
+    assert not os.path.exists("/home/kernel") and not os.path.exists("/home/planted")
