@@ -38,6 +38,14 @@ class Caller:
     def is_root(self) -> bool:
         return self.uid == 0
 
+    @property
+    def principal(self) -> str | None:
+        """Who owns the kernels this caller creates: None for root (root's kernels are the
+        daemon's own), else "uid:N" or "curve:KEY"."""
+        if self.is_root:
+            return None
+        return f"uid:{self.uid}" if self.uid is not None else f"curve:{self.key}"
+
     def __str__(self) -> str:
         if self.uid is None:
             return f"remote client key={self.key or '?'}"

@@ -104,7 +104,9 @@ class _Kernel:
         profile = manager.load_profile(options["profile"])
         self.profile = profile.narrow(options["permissions"], options["limits"])
         cfg = manager.config
-        self.host_dir = self._open_host_dir(options["filesystem"], options.get("caller"))
+        caller = options.get("caller")
+        self.owner = caller.principal if caller is not None else None  # None: this program
+        self.host_dir = self._open_host_dir(options["filesystem"], caller)
         self.inactivity_timeout: float | None = _first(
             options["inactivity_timeout"], self.profile.inactivity_timeout,
             cfg.inactivity_timeout) or None

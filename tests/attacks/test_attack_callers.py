@@ -1,9 +1,10 @@
-"""Attacks on `filesystem.root` through a real, confined daemon, by callers who are not root.
+"""Attacks by callers who are not root, through a real, confined daemon.
 
-Issue 11, items 1-3: the root was checked by path at request time and mounted by path later
-(a symlink swapped in between mounted /etc read-write, idmapped to root); /tmp was a default
-mount root; the daemon did not know who was calling. Each attack here has a positive control
-(the same request without the trick works and shows the caller's own file).
+Issue 11, items 1-3: `filesystem.root` was checked by path at request time and mounted by path
+later (a symlink swapped in between mounted /etc read-write, idmapped to root); /tmp was a
+default mount root; the daemon did not know who was calling, so any socket member could use
+any profile and act on anyone's kernels. Each attack here has a positive control (the same
+request without the trick works, or works for the right caller).
 
 The callers are real processes of an unprivileged uid (`USER_UID`) connecting to the daemon's
 socket through its group; the secret is a root-only file in a root-only directory.
@@ -58,14 +59,31 @@ print(json.dumps(out))
 """
 
 
-def as_user(daemon: Daemon, steps: list[dict[str, object]], uid: int = USER_UID) -> list[dict]:
-    """Run `steps` (create_kernel arguments) as `uid` through the daemon's socket."""
+_OPS = r"""
+import json, sys
+import kerneld
+address, steps = sys.argv[1], json.loads(sys.argv[2])
+out = []
+with kerneld.connect(address, timeout=30) as c:
+    for op, args in steps:
+        try:
+            value = getattr(c, op)(**args)
+            out.append({"ok": True, "value": value if op != "execute" else value.status})
+        except kerneld.KernelError as e:
+            out.append({"ok": False, "error": type(e).__name__, "message": str(e)})
+print(json.dumps(out))
+"""
+
+
+def as_user(daemon: Daemon, steps: list, uid: int = USER_UID, script: str = _CLIENT) -> list:
+    """Run `steps` (create_kernel arguments, or (op, args) pairs with `script=_OPS`) as `uid`
+    through the daemon's socket."""
     def drop() -> None:
         os.setgroups([USER_UID])  # every test user is in the socket's group
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
 
-    proc = subprocess.run([PYTHON, "-c", _CLIENT, daemon.address, json.dumps(steps)],
+    proc = subprocess.run([PYTHON, "-c", script, daemon.address, json.dumps(steps)],
                           capture_output=True, text=True, timeout=120, preexec_fn=drop,
                           check=False,
                           cwd="/", env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
@@ -287,6 +305,33 @@ def test_profile_access_follows_the_callers_uid(daemon: Daemon) -> None:
 def test_each_create_is_logged_with_the_callers_uid(daemon: Daemon) -> None:
     as_user(daemon, [{}])
     assert f"caller=uid={USER_UID} gid={USER_UID}" in daemon.log
+
+
+def test_a_caller_sees_and_acts_on_its_own_kernels_only(daemon: Daemon) -> None:
+    [made] = as_user(daemon, [("create_kernel", {})], script=_OPS)
+    kid = made["value"]
+    with kerneld.connect(daemon.address) as root:
+        roots = root.create_kernel()
+        try:
+            probes = [("execute", {"kernel_id": kid, "code": "1"}),
+                      ("interrupt_kernel", {"kernel_id": kid}),
+                      ("restart_kernel", {"kernel_id": kid}),
+                      ("destroy_kernel", {"kernel_id": kid})]
+            theirs = as_user(daemon, [("get_kernel_ids", {}), ("list_kernels", {}),
+                                      ("destroy_all", {}), *probes], uid=OTHER_UID, script=_OPS)
+            assert theirs[0] == {"ok": True, "value": []} and theirs[1]["value"] == []
+            assert theirs[2] == {"ok": True, "value": 0}
+            assert {t.get("error") for t in theirs[3:]} == {"KernelNotFound"}, theirs
+            assert "not found" in theirs[3]["message"]  # as for an id that does not exist
+            assert root.execute(kid, "1").success and root.execute(roots, "1").success
+            # positive control: the owner can do all of it, and sees only its own kernel
+            mine = as_user(daemon, [("get_kernel_ids", {}), *probes[:3], ("destroy_all", {})],
+                           script=_OPS)
+            assert mine[0]["value"] == [kid] and all(m["ok"] for m in mine), mine
+            assert mine[-1]["value"] == 1 and kid not in root.get_kernel_ids()
+            assert roots in root.get_kernel_ids()  # root's kernel was not the caller's to end
+        finally:
+            root.destroy_kernel(roots)
 
 
 if __name__ == "__main__":
