@@ -30,13 +30,17 @@ REQUEST = "request"  # the label request errors cite instead of a file name
 # Deno's `sys` kinds → the kind named in `Policy.sys` (each a key of `sandbox.policy.SYS_KINDS`,
 # which says which /proc and /sys files it exposes). None: always visible to any process (e.g.
 # getuid()), so granting it changes nothing; accepted so that Deno lists can be pasted.
-# `networkInterfaces` is refused: the kernel's netns holds only `lo`, and netlink is not allowed.
+# REFUSED_SYS_KINDS: Deno kinds no profile can grant, with the reason the loader gives.
 SYS_KINDS: Mapping[str, str | None] = {
     "hostname": "hostname", "osRelease": "osRelease", "version": "osRelease",
     "osUptime": "uptime", "uptime": "uptime", "loadavg": "loadavg",
     "systemMemoryInfo": "meminfo", "meminfo": "meminfo", "cpus": "cpus",
     "uid": None, "gid": None, "username": None, "homedir": None, "userInfo": None,
     "getPriority": None, "setPriority": None, "statfs": None,
+}
+REFUSED_SYS_KINDS: Mapping[str, str] = {
+    "networkInterfaces": "the kernel's network namespace holds only `lo` (the host's interfaces "
+                         "are never visible: no view and no netlink)",
 }
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGTkmgt])(i?)([Bb]?)|([Bb]?))\s*$")
@@ -183,6 +187,8 @@ def program(where: str, value: str) -> str:
 
 
 def sys_kind(where: str, value: str) -> str:
+    if value in REFUSED_SYS_KINDS:
+        raise fail(where, f"sys kind {value!r} cannot be granted: {REFUSED_SYS_KINDS[value]}")
     if value not in SYS_KINDS:
         raise fail(where, f"unknown sys kind {value!r}; known: {', '.join(SYS_KINDS)}")
     return value

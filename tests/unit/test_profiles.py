@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -196,7 +197,53 @@ def test_sys_kinds_are_known_to_the_sandbox() -> None:
     assert {k for k in SYS_KINDS.values() if k is not None} <= set(SANDBOX_KINDS)
     p = parse('sys = ["osUptime", "version", "osRelease", "loadavg", "cpus", "homedir"]')
     assert policy(p).sys == ("uptime", "osRelease", "loadavg", "cpus")
-    assert "unknown sys kind" in err('sys = ["networkInterfaces"]')
+    assert "cannot be granted" in err('sys = ["networkInterfaces"]')
+    assert "unknown sys kind 'battery'" in err('sys = ["battery"]')
+
+
+def _sys_kinds_in(text: str) -> tuple[set[str], set[str]]:
+    """(accepted, refused): the sys kinds a passage of the docs names, a kind being refused
+    when the sentence naming it says so."""
+    accepted: set[str] = set()
+    refused: set[str] = set()
+    for sentence in re.split(r"(?<=[.:;])\s", text):
+        names = set(re.findall(r"`?\b([a-z][A-Za-z]+)\b`?", sentence)) & _DENO_SYS_WORDS
+        (refused if "refused" in sentence else accepted).update(names)
+    return accepted, refused
+
+
+# Every word that could name a sys kind: the loader's, the refused ones and a few more of
+# Deno's, so that a kind the docs name but the loader does not know is still found.
+_DENO_SYS_WORDS = {"hostname", "osRelease", "version", "osUptime", "uptime", "loadavg",
+                   "systemMemoryInfo", "meminfo", "cpus", "uid", "gid", "username", "homedir",
+                   "userInfo", "getPriority", "setPriority", "statfs", "networkInterfaces",
+                   "getegid", "osType", "arch"}
+
+
+@pytest.mark.parametrize("doc", ["docs/profiles.md", "kerneld/data/profiles/default.toml"])
+def test_sys_kinds_the_docs_name_are_what_the_loader_does(doc: str) -> None:
+    """Issue 16 item 10: default.toml listed networkInterfaces as valid, profiles.md said it is
+    refused, the loader called it unknown. Every kind a doc names as granted loads; every
+    kind it names as refused is refused with the reason."""
+    from kerneld._profile_values import REFUSED_SYS_KINDS, SYS_KINDS
+    assert not set(SYS_KINDS) & set(REFUSED_SYS_KINDS)
+    text = (ROOT / doc).read_text()
+    if doc.endswith(".md"):  # the `sys` kinds bullet
+        passage = re.search(r"^- `sys` kinds:.*?(?=^\S|^- |\Z)", text,
+                            re.MULTILINE | re.DOTALL)
+    else:  # the comment above `sys = []`
+        passage = re.search(r"^# System information views:.*?(?=^[^#])", text,
+                            re.MULTILINE | re.DOTALL)
+    assert passage, f"{doc} no longer describes the sys kinds where this test looks"
+    accepted, refused = _sys_kinds_in(passage.group(0))
+    assert accepted and refused == set(REFUSED_SYS_KINDS)
+    for kind in accepted:
+        parse(f'sys = ["{kind}"]')  # raises if the loader refuses it
+    for kind in refused:
+        message = err(f'sys = ["{kind}"]')
+        assert f"sys kind {kind!r} cannot be granted: {REFUSED_SYS_KINDS[kind]}" in message
+    if doc.endswith(".md"):  # the reference lists every kind the loader takes
+        assert accepted == set(SYS_KINDS)
 
 
 def test_absent_keys_mean_none_and_defaults() -> None:
