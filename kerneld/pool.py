@@ -71,7 +71,11 @@ class Pool:
         self._closed = False
 
     def __repr__(self) -> str:
-        parts = [f"{name}={s.idle}/{s.target}(+{s.starting})" for name, s in self.states.items()]
+        """`pool off` while no profile has a target or workers; else `pool NAME=IDLE/TARGET
+        (+STARTING)` for each profile that has (before and after a reload alike: a profile
+        whose target became 0 shows until its last worker is gone)."""
+        parts = [f"{name}={s.idle}/{s.target}(+{s.starting})" for name, s in self.states.items()
+                 if s.target or s.idle or s.starting]
         return "pool " + (" ".join(parts) if parts else "off")
 
     def stats(self) -> dict[str, Any]:

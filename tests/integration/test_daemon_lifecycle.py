@@ -208,6 +208,26 @@ def test_watchdog_and_status_notifications() -> None:
         d.close()
 
 
+def test_status_reads_the_same_before_and_after_a_reload() -> None:
+    """Issue 16 item 14: STATUS= said `pool off` before a reload and `pool default=0/0(+0)`
+    after one; one format, and `kerneld status` shows the same pool line."""
+    d = Daemon().wait_ready()
+    try:
+        before = d.wait_for_notify("STATUS=")
+        d.signal(signal.SIGHUP)
+        _wait_log(d, "reloaded config=")
+        deadline = time.monotonic() + 10
+        while sum(m.startswith("STATUS=") for m in d.messages) < 2:
+            assert time.monotonic() < deadline, d.messages
+            d.read_notify(0.2)
+        after = [m for m in d.messages if m.startswith("STATUS=")][-1]
+        assert before == after and after.endswith("; pool off"), (before, after)
+        with kerneld.connect(d.address) as client:
+            assert client.status()["pool"] == "pool off"
+    finally:
+        d.close()
+
+
 def test_refuses_a_second_daemon_on_a_live_socket(daemon: Daemon) -> None:
     proc = subprocess.run([PYTHON, "-m", "kerneld", "serve", "--address", daemon.address],
                           check=False, capture_output=True, text=True, timeout=30,

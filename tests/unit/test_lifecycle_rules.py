@@ -56,3 +56,29 @@ def test_pool_state_fills_to_target_and_stops_after_failures():
     assert state.to_start() == 1
     state.failures = 3
     assert state.to_start() == 0
+
+
+def test_pool_status_line_has_one_format_before_and_after_a_reload():
+    """Issue 16 item 14: `pool off` at start, `pool default=0/0(+0)` after a reload that
+    changed nothing; `repr(pool)` is systemd's STATUS= and `kerneld status`'s pool line."""
+    from types import SimpleNamespace
+
+    from kerneld.config import ManagerConfig
+    from kerneld.pool import Pool
+
+    manager = SimpleNamespace(config=ManagerConfig(pool_size=0), _hub=None)
+    pool = Pool(manager)  # type: ignore[arg-type]
+    assert repr(pool) == "pool off"
+    pool.configure()  # what a reload (KernelManager.reconfigure) does
+    assert repr(pool) == "pool off"
+
+    manager.config = ManagerConfig(pool_size=2, pool_profiles=("default", "data-science"))
+    pool.configure()
+    assert repr(pool) == "pool default=0/2(+0) data-science=0/2(+0)"
+    manager.config = ManagerConfig(pool_size=2)  # data-science no longer pooled
+    pool.configure()
+    assert repr(pool) == "pool default=0/2(+0)"
+    pool.states["default"].target, pool.states["default"].starting = 0, 1  # draining
+    assert repr(pool) == "pool default=0/0(+1)"
+    pool.states["default"].starting = 0
+    assert repr(pool) == "pool off"
