@@ -30,7 +30,7 @@ import sandbox
 from kerneld import lifecycle
 from kerneld import protocol as p
 from kerneld.access import Caller
-from kerneld.errors import KernelError, KernelStartError, SandboxUnavailable
+from kerneld.errors import KernelError, KernelNotFound, KernelStartError, SandboxUnavailable
 from kerneld.execution import Execution
 from kerneld.hostdir import HostDir, open_host_dir
 from kerneld.inprocess import InProcessKernel
@@ -101,6 +101,7 @@ class _Kernel:
         self._boot_failed = False
         self._asks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._restarting = False
+        self._restart_lock = asyncio.Lock()
         profile = manager.load_profile(options["profile"])
         self.profile = profile.narrow(options["permissions"], options["limits"])
         cfg = manager.config
@@ -292,7 +293,19 @@ class _Kernel:
         await self.kill()
 
     async def restart(self) -> None:
+        """A fresh worker for this kernel. Restarts queue behind one another (two at once would
+        kill each other's new worker); one asked for after a destroy is KernelNotFound."""
+        async with self._restart_lock:
+            if self.manager.kernel_record(self.id) is not self:
+                raise KernelNotFound(f"kernel {self.id} not found")
+            await self._restart()
+
+    async def _restart(self) -> None:
         self._restarting = True
+        # from here on an execution waits for the new worker: were the status left "idle" or
+        # "busy" while the old one is killed, `submit` would hand it to the dying worker and
+        # it would never be answered (issue 16: an execute sent during a restart hung)
+        self.status = "starting"
         try:
             self.end_executions("KernelRestarted", "the kernel was restarted")
             await self.kill()
@@ -304,7 +317,10 @@ class _Kernel:
             # not "starting" forever with executions queued behind nothing
             self._restarting = False
             await self.kill()
-            reason = f"the restart failed: {exc}"
+            if self.manager.kernel_record(self.id) is not self:
+                self.status = "dead"  # destroyed while restarting: a normal end, not a failure
+                raise KernelNotFound(f"kernel {self.id} was destroyed while it restarted") from None
+            reason = f"the restart failed: {exc or type(exc).__name__}"
             log.warning("kernel died kernel=%s reason=%r", self.id, reason)
             self.status = "dead"
             self.end_executions("KernelDied", reason)
@@ -503,7 +519,12 @@ class _Kernel:
             current.interrupted_at = now
             self.interrupt()
         elif action is lifecycle.Action.RESTART:
-            await self.restart()
+            try:
+                await self.restart()
+            except KernelNotFound:
+                log.info("kernel destroyed during its stall restart kernel=%s", self.id)
+            except KernelError as exc:  # told to its listeners as kernel_died already
+                log.warning("stall restart failed kernel=%s error=%s", self.id, exc)
         elif action is lifecycle.Action.TERMINATE:
             await self.manager.force_terminate_kernel(self.id, "execution stalled")
 
@@ -520,7 +541,8 @@ class _Kernel:
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "namespace": self.namespace, "mode": self.mode.value,
-                "profile": self.profile.name, "status": self.status,
+                "profile": self.profile.name,
+                "profile_description": self.profile.description.strip(), "status": self.status,
                 "created": dt.datetime.fromtimestamp(self.created, dt.UTC).isoformat(),
                 "pid": self.pid, "execution_count": self.execution_count,
                 "memory_bytes": self.memory_bytes()}
