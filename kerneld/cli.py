@@ -116,6 +116,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"kerneld: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
     setup_logging(config.log_level)
+    # The daemon adopts what its zygote leaves when it dies (the kernels live on and are
+    # reaped here): only here, not in embedding programs, as it changes who reaps orphans.
+    import prctl
+    prctl.set_child_subreaper(1)
     return asyncio.run(serve(config, load))
 
 

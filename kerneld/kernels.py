@@ -5,8 +5,9 @@ or removed (destroyed / terminated / expired). `restart()` goes back through sta
 same id, namespace, mode, profile, env, filesystem and timeouts.
 
 Every message from the worker (or the in-process thread) arrives in `on_message`; the zygote's
-reports (`BootFailed`, `Exited`) in `on_zygote_message`. Messages for an execution other than the
-running one are dropped: a worker cannot speak out of turn.
+reports (`BootFailed`, `Exited`) in `on_zygote_message`, and so do the exits the manager sees
+itself once the zygote has died (the kernel lives on: `spawner.ProcessWatch`). Messages for
+an execution other than the running one are dropped: a worker cannot speak out of turn.
 """
 
 from __future__ import annotations
@@ -369,7 +370,7 @@ class _Kernel:
         self.touch()
         self._start_next()
 
-    def on_zygote_message(self, msg: Any, zygote_died: bool = False) -> None:
+    def on_zygote_message(self, msg: Any) -> None:
         if isinstance(msg, p.BootFailed):
             if self._hello is not None and not self._hello.done():
                 self._boot_failed = True
@@ -378,11 +379,10 @@ class _Kernel:
             return
         if not isinstance(msg, p.Exited):
             return
-        if zygote_died or (self.init_pid is not None and msg.pid == self.init_pid):
+        if self.init_pid is not None and msg.pid == self.init_pid:
             if self._init_exited is not None and not self._init_exited.done():
                 self._init_exited.set_result(None)
-            if not zygote_died:
-                return  # the init's own exit; the worker's is reported separately
+            return  # the init's own exit; the worker's is reported separately
         if self._exited is not None and not self._exited.done():
             self._exited.set_result(None)
         if self._hello is not None and not self._hello.done():
@@ -395,9 +395,7 @@ class _Kernel:
             return  # an exit we caused (destroy / restart)
         self.manager.track_pid(self.pid, None)
         self.pid = None
-        reason = ("the zygote died" if zygote_died
-                  else _describe_exit(msg, self._oom_killed()))
-        self._died(reason, msg.exit_code, _signal_of(msg))
+        self._died(_describe_exit(msg, self._oom_killed()), msg.exit_code, _signal_of(msg))
 
     def _oom_killed(self) -> bool:
         try:
@@ -583,4 +581,6 @@ def _describe_exit(msg: p.Exited, oom: bool) -> str:
         return f"killed by {name}{extra}"
     if msg.exit_code == 70:
         return "could not apply its sandbox (exit code 70)"
+    if msg.exit_code is None:  # it outlived its zygote, and we are not its parent
+        return "exited (status unknown)"
     return f"exited with code {msg.exit_code}"

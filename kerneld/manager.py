@@ -11,6 +11,14 @@ a time, so events of different executions never interleave.
 Liveness: a worker's exit is reported by the zygote (`Exited`) within milliseconds; every
 running and queued execution then ends with `execute_error` `KernelDied`. A ticker
 (`_tick`, 10 Hz) applies inactivity and stall rules from `lifecycle.decide`.
+A zygote that dies takes no kernel with it: from then on the manager watches those kernels'
+processes itself (`spawner.ProcessWatch`, pidfds) and feeds their exits into the same path
+as the zygote's reports, so death reasons, events and the pool behave the same; the next
+fork starts a new zygote. Under `kerneld serve` (a child subreaper) the orphans are the
+daemon's children: it reaps them with their exit status, kills what the dead zygote forked
+but never reported, and reaps zombie children nobody waits for on SIGCHLD. Embedded (no
+subreaper), the host's reaper gets them and an adopted kernel's exit status is unknown
+(reported as exit code and signal None: "status unknown").
 
 Shutdown: `close()` ends every execution with `DaemonShutdown`-style errors, kills every
 kernel tree, stops the zygote and removes the worker socket.
@@ -48,7 +56,7 @@ from kerneld.execution import Execution, ExecutionStream
 from kerneld.kernels import KernelMode, _Kernel
 from kerneld.pool import Pool
 from kerneld.profiles import Profile, load_profile
-from kerneld.spawner import WorkerHub, ZygoteClient
+from kerneld.spawner import ProcessWatch, WorkerHub, ZygoteClient
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +76,7 @@ class KernelManager:
         self._ctx: zmq.Context[Any] | None = None
         self._hub: WorkerHub | None = None
         self._zygote: ZygoteClient | None = None
+        self._watch: ProcessWatch | None = None
         self._runtime_dir: str | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._uid_locks: dict[int, int] = {}  # uid → fd of its lock file, while in use
@@ -94,6 +103,8 @@ class KernelManager:
             self._zygote = ZygoteClient(self.config.runtime_python, list(self.config.preload),
                                         on_message=self._on_zygote_message,
                                         on_exit=self._on_zygote_exit)
+            self._watch = ProcessWatch(self._on_zygote_message, self.config.runtime_python,
+                                       busy=self._zygote.unreaped_pids)
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name="kerneld-lifecycle")
         await self._zygote.ensure_started()
@@ -159,8 +170,12 @@ class KernelManager:
     def track_pid(self, pid: int, kernel: _Kernel | None) -> None:
         if kernel is None:
             self._by_pid.pop(pid, None)
-        else:
-            self._by_pid[pid] = kernel
+            return
+        self._by_pid[pid] = kernel
+        zygote = self._zygote
+        if zygote is not None and zygote.deaths and not zygote.is_parent_of(pid):
+            assert self._watch is not None
+            self._watch.watch(pid)  # forked by a zygote that died before this was tracked
 
     def _on_zygote_message(self, msg: Any) -> None:
         kernel = self._by_pid.get(getattr(msg, "pid", -1))
@@ -169,9 +184,12 @@ class KernelManager:
         self.pool.on_zygote_message(msg)  # idle pooled workers are tracked too
 
     def _on_zygote_exit(self) -> None:
-        for kernel in set(self._by_pid.values()):
-            kernel.on_zygote_message(p.Exited(kernel.pid or 0, None, None), zygote_died=True)
-        self.pool.on_zygote_exit()
+        """The zygote died; its kernels did not: watch their processes from here on (and,
+        under a subreaper, whatever else it left: `ProcessWatch.adopt`)."""
+        assert self._watch is not None
+        live = [pid for pid, kernel in self._by_pid.items()
+                if pid in (kernel.pid, kernel.init_pid)]
+        self._watch.adopt(live, claimed=self._by_pid.__contains__)
 
     # ------------------------------------------------------------------ creation
 
@@ -442,6 +460,8 @@ class KernelManager:
         await self.pool.close()
         if self._zygote is not None:
             await self._zygote.close()
+        if self._watch is not None:
+            self._watch.close()
         if self._hub is not None:
             await self._hub.close()
         if self._ctx is not None:

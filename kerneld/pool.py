@@ -9,6 +9,9 @@ kernel and are never reused; the pool refills in the background.
 Requests that change the policy in ways that need a fresh confinement (a filesystem mount,
 narrowed permissions or limits, another profile) are created fresh, transparently.
 
+Idle workers outlive a zygote that dies, as kernels do (the manager watches them); starts that
+the death failed refill the pool through the next zygote.
+
 `PoolState` is the pure part (counts → how many to start); `Pool` does the I/O.
 `repr(pool)` is a one-line status for logs, `kerneld status` and systemd's STATUS=.
 """
@@ -54,6 +57,7 @@ class PoolState:
     served: int = 0
     missed: int = 0
     failures: int = 0
+    zygote_deaths: int = 0  # the last zygote death counted as a failure (once per death)
 
     def to_start(self) -> int:
         """How many workers to start now. Stops after repeated failures (no respawn storm)."""
@@ -119,6 +123,7 @@ class Pool:
             "profile": profile, "env": {}, "filesystem": None, "permissions": None,
             "limits": None, "inactivity_timeout": None, "max_execution_time": None}
         worker = _Kernel(self.manager, f"pool+{profile}", None, KernelMode.WORKER, options)
+        deaths = self.manager.zygote.deaths
         try:
             await worker._spawn()
             worker.status = "idle"
@@ -131,7 +136,7 @@ class Pool:
             await worker.kill()
             raise
         except Exception as exc:  # noqa: BLE001 (any failure: count it, kill the worker, go on)
-            state.failures += 1
+            self._failed(state, deaths)
             log.error("pool worker failed to start profile=%s error=%s", profile, exc)
             await worker.kill()
             return
@@ -143,6 +148,19 @@ class Pool:
         state.failures = 0
         state.idle += 1
         self.idle.setdefault(profile, collections.deque()).append(worker)
+
+    def _failed(self, state: PoolState, deaths: int) -> None:
+        """Count a failed start. One that a zygote death failed counts once per death (the
+        next zygote then gets its chance: refill), so a zygote that dies at every start still
+        stops the pool after three, but one kill does not spend the profile's failures."""
+        now = self.manager.zygote.deaths
+        if now == deaths:
+            state.failures += 1
+            return
+        if state.zygote_deaths != now:
+            state.zygote_deaths = now
+            state.failures += 1
+        asyncio.get_running_loop().call_soon(self.refill)  # after `starting` is decremented
 
     async def take(self, kernel: _Kernel) -> bool:
         """Serve `kernel` from the pool if it qualifies and a worker is idle."""
@@ -190,13 +208,6 @@ class Pool:
                     self.states[name].idle -= 1
                     asyncio.ensure_future(worker.kill())
                     self.refill()
-
-    def on_zygote_exit(self) -> None:
-        for name, idle in self.idle.items():
-            self.states[name].idle -= len(idle)
-            for worker in idle:
-                asyncio.ensure_future(worker.kill())
-            idle.clear()
 
     async def close(self) -> None:
         self._closed = True

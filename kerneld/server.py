@@ -34,8 +34,10 @@ Shutdown ladder: stop accepting (new requests get DaemonUnavailable), wait up to
 `shutdown_grace` seconds for running executions (a second SIGTERM/SIGINT skips the wait),
 `manager.close()` (the rest end with execute_error DaemonShutdown, every kernel tree is killed),
 flush the last replies, close the socket, remove the socket file, exit 0, all within
-grace + 2 s. Had the daemon been SIGKILLed instead, PR_SET_PDEATHSIG takes the zygote and, with
-it, every worker down.
+grace + 2 s. Had the daemon been SIGKILLed instead, the zygote (watching a pidfd of the
+daemon) kills and reaps every worker and kernel init, and each init also exits on its own when
+the daemon does: nothing outlives the daemon. `kerneld serve` is a child subreaper (cli), so a
+zygote that dies leaves its kernels to the daemon, which keeps them (see `kerneld.manager`).
 
 Failure modes: malformed, oversized, wrong-version or unknown requests get an error reply when
 their id can be read, else they are dropped and logged (rate-limited); a reply that cannot be

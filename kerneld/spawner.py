@@ -1,4 +1,5 @@
-"""Supervisor side of the worker processes: the zygote client and the workers' ZeroMQ hub.
+"""Supervisor side of the worker processes: the zygote client, the watch on kernel processes
+that outlived their zygote, and the workers' ZeroMQ hub.
 
 Process model: lives in the manager's process and event loop (the daemon's, or the embedding
 program's). `ZygoteClient` starts the zygote (`kerneld.zygote`) by exec of the runtime
@@ -6,10 +7,17 @@ interpreter with a clean environment and asks it for forks over pipes. `WorkerHu
 ROUTER socket every worker connects to; each worker's routing id is its kernel's secret token,
 so a worker can only ever speak for its own kernel.
 
-State: pending fork requests (req id → future); the hub's token → sink map.
+State: pending fork requests (req id → future); the hub's token → sink map; the pidfds of
+watched processes (`ProcessWatch`).
 
-Liveness: the zygote reaps workers and reports `Exited`; if the zygote itself dies, every
-worker dies with it (PR_SET_PDEATHSIG) and the client reports that through `on_zygote_exit`.
+Liveness: the zygote reaps workers and reports `Exited`. If the zygote itself dies, its kernels
+do not (each one ends with the manager's process instead: see `kerneld.zygote`); the client
+reports the death through `on_exit`, and the manager then watches each kernel process with a
+pidfd (`ProcessWatch`): under `kerneld serve`, a child subreaper, they are the daemon's
+children by then, reaped there with their exit status; in an embedding program they go to
+the host's reaper, and their exit status is unknown. The next fork starts a new zygote, never
+before the old one's death has been reported. Before starting a zygote the client removes the
+IPYTHONDIRs that dead zygotes left in /tmp.
 
 Failure modes: anything malformed from the zygote or a worker is logged and dropped; it never
 raises into the event loop.
@@ -21,11 +29,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
-from collections.abc import Callable
+import tempfile
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import prctl
 import zmq
 
 from kerneld import protocol as p
@@ -36,6 +48,9 @@ log = logging.getLogger(__name__)
 SOURCE_DIR = str(Path(__file__).resolve().parent.parent)
 _BOOT = ("import sys; sys.path.insert(0, {src!r}); "
          "from kerneld.zygote import main; main(sys.argv[1:])")
+IPYTHON_DIR_PREFIX = "kerneld-ipython-"  # kerneld.zygote.IPYTHON_DIR_PREFIX (not imported here)
+OLD_IPYTHON_DIR_AGE = 600.0  # seconds: an unnamed one (older zygotes) is stale after this
+STRAY_GRACE = 1.0  # seconds for a kernel to claim a fork its dead zygote reported late
 
 
 class ZygoteClient:
@@ -50,13 +65,30 @@ class ZygoteClient:
         self._next_id = 0
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._closing = False
+        self._procs: list[asyncio.subprocess.Process] = []  # every zygote not reaped yet
+        self.deaths = 0  # zygotes that died on their own (not closed)
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None and self._reader is not None
 
+    def unreaped_pids(self) -> set[int]:
+        """Zygotes asyncio has still to reap (nobody else may)."""
+        self._procs = [proc for proc in self._procs if proc.returncode is None]
+        return {proc.pid for proc in self._procs}
+
+    def is_parent_of(self, pid: int) -> bool:
+        """Whether the live zygote is `pid`'s parent (false once its zygote has died)."""
+        return self.alive and self.proc is not None and parent_pid(pid) == self.proc.pid
+
     async def ensure_started(self) -> None:
         async with self._lock:
+            reader = self._reader
+            if reader is not None and not self.alive:
+                # the zygote has just died and its reader is reporting that: a new zygote only
+                # after the manager took over the old one's kernels (`on_exit`)
+                await asyncio.wait({reader})
             if not self.alive:
                 await self._start()
 
@@ -64,11 +96,13 @@ class ZygoteClient:
         if not os.path.exists(self.python):
             raise KernelStartError(f"worker runtime interpreter not found: {self.python} "
                                    "(run scripts/setup.sh, or set runtime.python in the config)")
+        sweep_ipython_dirs()
         self.proc = await asyncio.create_subprocess_exec(
             self.python, "-I", "-c", _BOOT.format(src=SOURCE_DIR), *self.preload,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/",
             limit=p.MAX_WORKER_MESSAGE)
+        self._procs.append(self.proc)
         assert self.proc.stdout is not None
         try:
             header = await asyncio.wait_for(self.proc.stdout.readexactly(4 + 5), timeout=60)
@@ -126,16 +160,22 @@ class ZygoteClient:
 
     async def _died(self, proc: asyncio.subprocess.Process) -> None:
         _kill(proc)  # its stdout closed: normally it has exited already
-        code = await proc.wait()
-        self._reader = None
+        code = await proc.wait()  # reaped: its children have been reparented by now
+        if proc is self.proc:
+            self._reader = None
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(KernelStartError(f"the zygote exited (code {code})"))
-        if proc is self.proc:
-            log.warning("zygote exited pid=%s code=%s", proc.pid, code)
-            self.on_exit()
+        if not self._closing:
+            self.deaths += 1
+            log.warning("zygote exited pid=%s code=%s; its kernels carry on", proc.pid, code)
+            try:
+                self.on_exit()
+            except Exception:
+                log.exception("handling the zygote's exit failed")
 
     async def close(self) -> None:
+        self._closing = True
         proc, self.proc = self.proc, None
         if proc is None:
             return
@@ -148,6 +188,177 @@ class ZygoteClient:
             await proc.wait()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class ProcessWatch:
+    """Kernel processes that outlived their zygote, each watched through a pidfd.
+
+    When one exits, it is reaped here if it is this process's child (the daemon is a child
+    subreaper, so its zygote's orphans are) and reported as the zygote would have, through
+    `on_exit(Exited)`; if it is not ours to reap (an embedding program), its exit status is
+    unknown and reported as None. The pidfd is closed at once.
+
+    Under a child subreaper (`kerneld serve`) it also takes care of the rest of what a dead
+    zygote leaves this process: forks it never reported (`adopt`: killed unless a kernel
+    claims them within STRAY_GRACE) and zombie children nobody waits for (reaped on SIGCHLD:
+    orphans of kernels' own processes, e.g. an unconfined kernel's `sleep &`)."""
+
+    def __init__(self, on_exit: Callable[[p.Exited], None], runtime_python: str, *,
+                 busy: Callable[[], set[int]] = set) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.on_exit = on_exit
+        self.busy = busy  # children someone else reaps (the zygotes: asyncio)
+        self.fds: dict[int, int] = {}  # pid → pidfd
+        bin_dir = os.path.dirname(runtime_python)
+        self.exes = {os.path.realpath(runtime_python),
+                     os.path.realpath(os.path.join(bin_dir, "kerneld-init"))}
+        self.subreaper = bool(prctl.get_child_subreaper())
+        if self.subreaper:
+            self._on_sigchld(self.reap_zombies)
+
+    def watch(self, pid: int) -> None:
+        if pid in self.fds:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:  # reaped already (by a zygote that died before saying so)
+            self.loop.call_soon(self.on_exit, p.Exited(pid, None, None))
+            return
+        self.fds[pid] = fd
+        self.loop.add_reader(fd, self._exited, pid)
+
+    def adopt(self, pids: Iterable[int], claimed: Callable[[int], bool]) -> None:
+        """The zygote died: watch `pids` (its kernels' processes); under a subreaper, also
+        watch its other children, and kill those still not `claimed` by a kernel after
+        STRAY_GRACE (a fork whose `Forked` raced the zygote's death is claimed at once)."""
+        for pid in pids:
+            self.watch(pid)
+        if not self.subreaper:
+            return
+        strays = [pid for pid in child_pids() - set(self.fds) - self.busy()
+                  if self._kernel_process(pid)]
+        for pid in strays:
+            self.watch(pid)
+        if strays:
+            self.loop.call_later(STRAY_GRACE, self._kill_strays, strays, claimed)
+
+    def _kernel_process(self, pid: int) -> bool:
+        try:
+            return os.path.realpath(os.readlink(f"/proc/{pid}/exe")) in self.exes
+        except FileNotFoundError:
+            return True  # a zombie (or gone): reap it
+        except OSError:
+            return True  # not even root may look: a confined worker
+
+    def _kill_strays(self, strays: list[int], claimed: Callable[[int], bool]) -> None:
+        for pid in strays:
+            fd = self.fds.get(pid)
+            if fd is not None and not claimed(pid):
+                log.warning("killing a process its dead zygote forked but never reported "
+                            "pid=%s", pid)
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+
+    def reap_zombies(self) -> None:
+        """Reap the zombie children that neither this watch nor asyncio waits for."""
+        for pid in child_pids() - set(self.fds) - self.busy():
+            if process_state(pid) == "Z":
+                with contextlib.suppress(ChildProcessError):
+                    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
+
+    def _exited(self, pid: int) -> None:
+        fd = self.fds.pop(pid)
+        self.loop.remove_reader(fd)
+        try:
+            info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            info = None  # not our child: someone else reaps it
+        finally:
+            os.close(fd)
+        exit_code = sig = None
+        if info is not None and info.si_code == os.CLD_EXITED:
+            exit_code = info.si_status
+        elif info is not None:
+            sig = info.si_status  # CLD_KILLED or CLD_DUMPED
+        self.on_exit(p.Exited(pid, exit_code, sig))
+
+    def _on_sigchld(self, callback: Callable[[], None] | None) -> None:
+        """Run `callback` on the loop at each SIGCHLD (None: stop). Needs the main thread."""
+        try:
+            if callback is None:
+                self.loop.remove_signal_handler(signal.SIGCHLD)
+            else:
+                self.loop.add_signal_handler(signal.SIGCHLD, callback)
+        except (RuntimeError, ValueError) as exc:  # not the main thread
+            log.warning("no SIGCHLD handler: adopted zombies are not reaped error=%s", exc)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        self.fds.clear()
+        if self.subreaper:
+            self._on_sigchld(None)
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of `pid` in /proc (`R`, `S`, `Z`, …), or None once it is reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def parent_pid(pid: int) -> int | None:
+    """`pid`'s parent from /proc, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def child_pids() -> set[int]:
+    """This process's children (of all its threads: a subreaper's adoptees may be any's)."""
+    out: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                out.update(int(pid) for pid in f.read().split())
+        except OSError:
+            pass  # that thread has exited
+    return out
+
+
+def sweep_ipython_dirs(bases: Iterable[str] | None = None) -> int:
+    """Remove the IPYTHONDIRs of zygotes that died while warming up: `kerneld-ipython-<pid>-*`
+    whose pid no longer runs, and unnamed ones (left by older zygotes) older than
+    OLD_IPYTHON_DIR_AGE. A live zygote's is never touched. Returns how many went."""
+    removed = 0
+    for base in dict.fromkeys(bases if bases is not None else ("/tmp", tempfile.gettempdir())):
+        try:
+            names = [n for n in os.listdir(base) if n.startswith(IPYTHON_DIR_PREFIX)]
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(base, name)
+            head, dash, _ = name[len(IPYTHON_DIR_PREFIX):].partition("-")
+            try:
+                if dash and head.isdigit():
+                    stale = not os.path.exists(f"/proc/{head}")
+                else:  # mkdtemp's suffix has no "-": a directory of the old kind
+                    stale = time.time() - os.lstat(path).st_mtime > OLD_IPYTHON_DIR_AGE
+            except OSError:
+                continue
+            if stale and os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:
@@ -238,4 +449,4 @@ class WorkerHub:
             pass
 
 
-__all__ = ["SOURCE_DIR", "WorkerHub", "ZygoteClient"]
+__all__ = ["SOURCE_DIR", "ProcessWatch", "WorkerHub", "ZygoteClient"]

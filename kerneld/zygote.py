@@ -10,7 +10,8 @@ forked children share those pages, backs its heaps with huge pages where it can 
 No ZeroMQ context, socket or thread ever exists here (the `zmq` module is imported, so that
 workers need not load it, but nothing of it is instantiated).
 
-State: the map of live children (pid → boot-status pipe). Nothing else.
+State: the live children (workers, kernel inits) and the boot-status pipes of those still
+booting. Nothing else.
 
 Each confined worker gets its own PID namespace whose PID 1 is `kerneld-init` (a tiny C reaper
 built into the runtime by the setup), spawned just before the worker is forked as PID 2; both
@@ -21,12 +22,23 @@ Protocol (stdin → stdout, 4-byte length + msgpack, see `kerneld.protocol`):
     later, unprompted: BootFailed{pid, message} (the child could not confine itself; it exits
     with EXIT_SANDBOX), Exited{pid, exit_code, signal} (reaped).
 
-Liveness: PR_SET_PDEATHSIG ties the zygote to the manager and every worker to the zygote, so
-killing the manager (even with SIGKILL) takes the whole tree down. The manager restarts a
-zygote that died.
+Liveness: kernels are tied to the manager's process, not to the zygote. The zygote opens a
+pidfd of its parent (the manager) at start; each kernel's init gets it as fd 3 and exits
+when the manager exits, which ends the kernel's PID namespace. An unconfined worker (no
+init) watches the same pidfd from a thread. So a zygote that dies takes no kernel with it:
+the daemon, a child subreaper, adopts its children and reaps them itself (the manager watches
+their pidfds), and the next fork starts a new zygote. Only the rare worker confined without
+an init of its own (no PID namespace, or no kernel uid) keeps PR_SET_PDEATHSIG tied to the
+zygote, as before.
+The zygote itself has PR_SET_PDEATHSIG (SIGKILL) only while it warms up, when it has no
+children; once it serves, it watches the manager's pidfd and stdin instead: when the manager
+is gone (pidfd readable, EOF or a broken pipe), it SIGKILLs every child and reaps them
+before it exits, so that no kernel process waits for the host's PID 1 to reap it.
 
 Failure modes: a child that fails before it runs user code writes one line on its boot-status
-pipe and exits with a reserved code; the zygote never runs user code itself.
+pipe and exits with a reserved code; the zygote never runs user code itself. A zygote killed
+while it warmed up leaves its IPYTHONDIR (/tmp/kerneld-ipython-<pid>-*): the manager sweeps
+those of dead zygotes before it starts one.
 """
 
 from __future__ import annotations
@@ -41,11 +53,13 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import traceback
 from typing import Any
 
 EXIT_SANDBOX = 70   # the child could not apply its sandbox: never respawn automatically
 EXIT_BOOT = 71      # the child failed after confinement but before serving
+IPYTHON_DIR_PREFIX = "kerneld-ipython-"  # + the zygote's pid + "-": swept once that pid is gone
 
 
 def _write(payload: bytes) -> None:
@@ -226,13 +240,13 @@ def _collapse_to_huge_pages() -> int:
 
 
 class Zygote:
-    """Fork server. `serve()` never returns; it exits when the manager closes stdin."""
+    """Fork server. `serve()` never returns; it exits once the manager is gone."""
 
-    def __init__(self, preload: list[str]) -> None:
+    def __init__(self, preload: list[str], manager_fd: int) -> None:
         # IPython wants a directory for its profile while it starts; nothing reads it later
         # (workers see their own /tmp and get their environment from Activate), so it is
         # removed once the shell is warm rather than left behind by every zygote
-        ipython_dir = tempfile.mkdtemp(prefix="kerneld-ipython-")
+        ipython_dir = tempfile.mkdtemp(prefix=f"{IPYTHON_DIR_PREFIX}{os.getpid()}-")
         os.environ["IPYTHONDIR"] = ipython_dir
         os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         import msgspec
@@ -254,51 +268,83 @@ class Zygote:
         finally:
             shutil.rmtree(ipython_dir, ignore_errors=True)
         self.children: dict[int, int] = {}   # boot-status read fd → pid
+        self.pids: set[int] = set()          # every live child: workers and kernel inits
         self.init = os.path.join(os.path.dirname(sys.executable), "kerneld-init")
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.pidfd = os.pidfd_open(os.getpid())  # readable in a child once the zygote is gone
+        self.manager_fd = manager_fd             # readable once the manager is gone
         gc.collect()
         self.ballast = (_fill_free_blocks(), _fill_malloc_holes())
         gc.freeze()
         _collapse_to_huge_pages()
 
     def serve(self) -> None:
+        import prctl
+        prctl.set_pdeathsig(0)  # from now on the manager's pidfd says when it is gone
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         header = bytearray(4)
+        try:
+            while self._serve_once(header, wake_r):
+                pass
+        except BrokenPipeError:
+            pass  # stdout: the manager went away
+        self._end_children()
+        os._exit(0)
+
+    def _serve_once(self, header: bytearray, wake_r: int) -> bool:
+        """Wait for one round of events and handle it; False once the manager is gone."""
+        try:
+            ready, _, _ = select.select([0, wake_r, self.manager_fd, *self.children], [], [])
+        except InterruptedError:
+            return True
+        if wake_r in ready:
+            while True:
+                try:
+                    if not os.read(wake_r, 512):
+                        break
+                except BlockingIOError:
+                    break
+            self._reap()
+        for fd in ready:
+            if fd in self.children:
+                self._boot_status(fd)
+        if self.manager_fd in ready:
+            return False
+        return 0 not in ready or self._request(header)
+
+    def _end_children(self) -> None:
+        """The manager is gone: SIGKILL every child and reap them all, so that none waits for
+        the host's PID 1 (a kernel's init only finishes exiting once its worker is reaped).
+        An alarm bounds the wait should a child never die (the zygote then dies of it)."""
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.alarm(5)
         while True:
             try:
-                ready, _, _ = select.select([0, wake_r, *self.children], [], [])
-            except InterruptedError:
-                continue
-            if wake_r in ready:
-                while True:
-                    try:
-                        if not os.read(wake_r, 512):
-                            break
-                    except BlockingIOError:
-                        break
-                self._reap()
-            for fd in ready:
-                if fd in self.children:
-                    self._boot_status(fd)
-            if 0 in ready:
-                self._request(header)
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
 
-    def _request(self, header: bytearray) -> None:
-        """Read one fork request into a buffer of its exact size, fork, zero the buffer."""
+    def _request(self, header: bytearray) -> bool:
+        """Read one fork request into a buffer of its exact size, fork, zero the buffer.
+        False at the end of stdin (the manager closed it or went away)."""
         if not _read_exact(0, header):
-            os._exit(0)  # the manager went away
+            return False
         size = int.from_bytes(header, "big")
         if size > self.protocol.MAX_REQUEST_BYTES:
             os._exit(EXIT_BOOT)  # the manager never sends this: the pipe is corrupt
         payload = bytearray(size)
         try:
             if not _read_exact(0, payload):
-                os._exit(0)
+                return False
             req = self.protocol.fork_request_decoder.decode(payload)
         finally:
             payload[:] = bytes(size)  # same length: overwritten in place
@@ -306,6 +352,7 @@ class Zygote:
             self._fork(req)
         finally:
             _wipe(req.token)  # later workers inherit this memory: leave no secret in it
+        return True
 
     def _reap(self) -> None:
         p = self.protocol
@@ -316,6 +363,7 @@ class Zygote:
                 return
             if pid == 0:
                 return
+            self.pids.discard(pid)
             # a worker that failed to confine itself wrote why to its status pipe before it
             # exited: report that first, so the manager never sees a bare exit instead
             for fd in [fd for fd, child in self.children.items() if child == pid]:
@@ -342,8 +390,8 @@ class Zygote:
             return
         status_r, status_w = os.pipe()
         try:
-            pid = (self.sandbox.fork(policy, init=self.init) if policy is not None
-                   else os.fork())
+            pid = (self.sandbox.fork(policy, init=self.init, supervisor=self.manager_fd)
+                   if policy is not None else os.fork())
         except (OSError, self.sandbox.SandboxError) as exc:
             os.close(status_r)
             os.close(status_w)
@@ -355,6 +403,7 @@ class Zygote:
         os.close(status_w)
         self.children[status_r] = pid
         init_pid = self.sandbox.last_init_pid() if policy is not None else None
+        self.pids.update(child for child in (pid, init_pid) if child is not None)
         _write(p.encode(p.Forked(req.req_id, pid=pid, init_pid=init_pid)))
 
     def _child(self, req: Any, policy: Any, status_w: int) -> None:
@@ -364,17 +413,13 @@ class Zygote:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.dup2(self.devnull, 0)
             os.dup2(self.devnull, 1)
-            import prctl
-            prctl.set_pdeathsig(signal.SIGKILL)
             if policy is not None:
-                self.sandbox.apply(policy, keep_fds=(status_w, self.pidfd))
-                if select.select([self.pidfd], [], [], 0)[0]:
-                    os._exit(EXIT_SANDBOX)  # the zygote died before the death signal was armed
-                os.close(self.pidfd)
+                self._confine(policy, status_w)
             else:
                 os.environ.clear()  # the environment arrives with Activate
                 if req.cwd:
                     os.chdir(req.cwd)
+                _exit_with(self.manager_fd)
             os.close(status_w)
         except BaseException as exc:  # noqa: BLE001 (report; never run code half-confined)
             try:
@@ -389,14 +434,50 @@ class Zygote:
             code = EXIT_BOOT
         os._exit(code)
 
+    def _confine(self, policy: Any, status_w: int) -> None:
+        """Apply the sandbox. Under its init (or user-namespace relay) the worker's tree ends
+        with the manager and outlives the zygote; otherwise it dies with the zygote."""
+        if self.sandbox.supervised():
+            self.sandbox.apply(policy, keep_fds=(status_w,))  # closes both pidfds
+            return
+        import prctl
+        prctl.set_pdeathsig(signal.SIGKILL)
+        self.sandbox.apply(policy, keep_fds=(status_w, self.pidfd))  # re-arms the signal
+        if select.select([self.pidfd], [], [], 0)[0]:
+            os._exit(EXIT_SANDBOX)  # the zygote died before the death signal was armed
+        os.close(self.pidfd)
+
+
+def _exit_with(manager_fd: int) -> None:
+    """An unconfined worker has no init to end it: a thread exits the process once the
+    manager is gone (its pidfd turns readable; at once if it already has)."""
+    def watch() -> None:
+        select.select([manager_fd], [], [])
+        os._exit(0)
+    threading.Thread(target=watch, name="kerneld-manager-watch", daemon=True).start()
+
+
+def _manager_pidfd() -> int:
+    """A pidfd of the manager (our parent), or exit if it is gone already. The death signal is
+    armed first, so a manager that dies after the check still takes us down; the second
+    getppid() proves the pid was still our parent's (not reused) when the pidfd was opened."""
+    manager = os.getppid()
+    if manager == 1:
+        os._exit(1)
+    try:
+        fd = os.pidfd_open(manager)
+    except ProcessLookupError:
+        os._exit(1)
+    if os.getppid() != manager:
+        os._exit(1)
+    return fd
+
 
 def main(argv: list[str]) -> None:
     """Entry point: argv = [preload module, ...]."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import prctl
-    prctl.set_pdeathsig(signal.SIGKILL)
-    if os.getppid() == 1:  # the manager died before we armed the death signal
-        os._exit(1)
-    zygote = Zygote(argv)
+    prctl.set_pdeathsig(signal.SIGKILL)  # while warming up; `serve` watches the pidfd instead
+    zygote = Zygote(argv, _manager_pidfd())
     _write(b"ready")
     zygote.serve()

@@ -15,7 +15,16 @@ needs that it cannot. `sandbox.cgroups` holds the supervisor-side cgroup helpers
 from __future__ import annotations
 
 from . import cgroups
-from .apply import SandboxError, apply, fork, last_init_pid, prepare, timings, warm
+from .apply import (
+    SandboxError,
+    apply,
+    fork,
+    last_init_pid,
+    prepare,
+    supervised,
+    timings,
+    warm,
+)
 from .policy import ALL, Limits, Mount, NetPolicy, Policy
 from .probe import HostFeatures, check, probe
 
@@ -34,6 +43,7 @@ __all__ = [
     "last_init_pid",
     "prepare",
     "probe",
+    "supervised",
     "timings",
     "warm",
 ]

@@ -103,14 +103,17 @@ def prepare(policy: Policy, features: HostFeatures | None = None) -> Prepared:
     return prep
 
 
-def fork(policy: Policy, init: str | None = None) -> int:
+def fork(policy: Policy, init: str | None = None, supervisor: int | None = None) -> int:
     """Fork a worker for `policy`: returns the child's pid in the parent, 0 in the child.
 
     The child is in a new PID namespace when the host allows it: PID 2 under `init` (the
     path of a reaper run as PID 1 with the policy's uid/gid, e.g. kerneld-init; its pid is
-    `last_init_pid()`) when given and running as root, else PID 1 itself. The child must call
-    `apply(policy)` before anything else. Strict policies the host cannot enforce raise
-    `SandboxError` here, in the parent.
+    `last_init_pid()`) when given and running as root, else PID 1 itself. `supervisor` is a
+    pidfd of the process whose exit must end the child's whole tree (the daemon): the init
+    gets it as its fd 3 and must exit when it turns readable (kerneld-init does); in a user
+    namespace the intermediate process watches it. `supervised()` tells the child whether
+    either applies. The child must call `apply(policy)` before anything else. Strict policies
+    the host cannot enforce raise `SandboxError` here, in the parent.
     """
     f = prepare(policy).features
     init_argv = None
@@ -119,7 +122,8 @@ def fork(policy: Policy, init: str | None = None) -> int:
             raise SandboxError("namespaces", f"init program {init} is missing or not executable")
         gid = policy.gid if policy.gid is not None else policy.uid
         init_argv = [init, str(policy.uid), str(gid)]
-    return namespaces.fork(f.root, "pid" in f.namespaces, "user" in f.namespaces, init_argv)
+    return namespaces.fork(f.root, "pid" in f.namespaces, "user" in f.namespaces, init_argv,
+                           supervisor)
 
 
 def warm() -> None:
@@ -135,6 +139,12 @@ def warm() -> None:
 def last_init_pid() -> int | None:
     """The host pid of the init spawned by the last `fork(policy, init=...)`, or None."""
     return namespaces.last_init_pid()
+
+
+def supervised() -> bool:
+    """In the child of `fork(policy, ..., supervisor=fd)`: whether its tree ends when the
+    supervisor exits (see `fork`); False means the caller must tie the child's life itself."""
+    return namespaces.supervised()
 
 
 def timings() -> dict[str, float]:

@@ -2,9 +2,10 @@
 
 Process model of `fork(root, pid_ns, user_ns)` (called by `sandbox.fork(policy)`):
 - root (the zygote runs as root): `unshare(CLONE_NEWPID)` in the zygote, optionally
-  `posix_spawn` of a tiny init (then PID 1; the worker becomes PID 2, an ordinary process),
-  `os.fork()`, then `setns()` back to the zygote's own PID namespace. Without an init the
-  child is PID 1 of a fresh namespace;
+  `posix_spawn` of a tiny init (then PID 1; the worker becomes PID 2, an ordinary process;
+  a `supervisor` pidfd is handed to the init as its fd 3, and the init exits, ending the
+  namespace, when that process exits), `os.fork()`, then `setns()` back to the zygote's own
+  PID namespace. Without an init the child is PID 1 of a fresh namespace;
   the zygote is unchanged. Using `os.fork()` (not a raw `clone` through ctypes) keeps glibc's
   fork bookkeeping (cached TID, atfork handlers, malloc/stdio locks) and CPython's
   PyOS_BeforeFork/AfterFork hooks exactly as a normal fork. Measured extra cost over a plain
@@ -15,7 +16,8 @@ Process model of `fork(root, pid_ns, user_ns)` (called by `sandbox.fork(policy)`
 - not root, user namespaces usable: fork an intermediate child which creates a user namespace
   (mapping only the caller's uid/gid) and a PID namespace, then forks the worker (PID 1 inside).
   The intermediate only relays signals (SIGINT, SIGTERM, ...) to the worker and exits with the
-  worker's status, so the pid the caller holds behaves like the worker's. The worker dies with
+  worker's status, so the pid the caller holds behaves like the worker's; given a
+  `supervisor` pidfd, it SIGKILLs the worker when that process exits. The worker dies with
   it (PR_SET_PDEATHSIG). Supplementary groups cannot be dropped without privilege here.
 - no PID namespace possible: plain `os.fork()`; `check()` reports it, strict mode refuses.
 
@@ -28,6 +30,7 @@ not made by `fork`). `finish(policy)` sets the hostname and, in "proxy" mode, br
 from __future__ import annotations
 
 import os
+import select
 import signal
 from typing import Any
 
@@ -38,7 +41,8 @@ EXIT_SETUP_FAILED = 121  # the intermediate (non-root) child could not build the
 RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                    signal.SIGUSR2, signal.SIGALRM, signal.SIGCONT, signal.SIGWINCH)
 
-_state: dict[str, Any] = {"userns": False, "pid_ns": False, "init_pid": None}
+_state: dict[str, Any] = {"userns": False, "pid_ns": False, "init_pid": None,
+                          "supervised": False}
 
 
 def in_own_userns() -> bool:
@@ -67,8 +71,28 @@ def last_init_pid() -> int | None:
     return _state["init_pid"]  # type: ignore[no-any-return]
 
 
-def _fork_root(init_argv: list[str] | None) -> int:
-    """unshare(NEWPID); spawn `init_argv` as PID 1 (if given); fork the worker; setns back.
+def supervised() -> bool:
+    """In a child of `fork(..., supervisor=fd)`: whether something outside the worker ends its
+    tree when the supervisor exits (its init, or the user-namespace relay). False after a
+    plain fork or without an init: the caller must then tie the child's life itself."""
+    return bool(_state["supervised"])
+
+
+def _init_fds(supervisor: int | None) -> list[tuple[Any, ...]]:
+    """The init's fds: /dev/null as stdin and stdout (it must not hold the caller's pipes open:
+    it may outlive the caller), stderr inherited, `supervisor` as fd 3. DUP2 onto the same
+    number also clears FD_CLOEXEC (POSIX; glibc >= 2.29)."""
+    actions: list[tuple[Any, ...]] = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]
+    if supervisor is not None:
+        actions.append((os.POSIX_SPAWN_DUP2, supervisor, 3))
+    return actions
+
+
+def _fork_root(init_argv: list[str] | None, supervisor: int | None) -> int:
+    """unshare(NEWPID); spawn `init_argv` as PID 1 (if given, with `supervisor` as its fd 3);
+    fork the worker; setns back.
 
     With an init, the worker is PID 2: an ordinary process (default signal actions apply),
     while the init reaps orphans; both are children of the caller."""
@@ -78,7 +102,8 @@ def _fork_root(init_argv: list[str] | None) -> int:
         sc.unshare(sc.CLONE_NEWPID)
         try:
             if init_argv:
-                _state["init_pid"] = os.posix_spawn(init_argv[0], init_argv, {})
+                _state["init_pid"] = os.posix_spawn(init_argv[0], init_argv, {},
+                                                    file_actions=_init_fds(supervisor))
             pid = os.fork()
         except BaseException:
             sc.setns(ns_fd, sc.CLONE_NEWPID)
@@ -87,14 +112,23 @@ def _fork_root(init_argv: list[str] | None) -> int:
             sc.setns(ns_fd, sc.CLONE_NEWPID)
         else:
             _state["pid_ns"] = True
+            _state["supervised"] = bool(init_argv) and supervisor is not None
         return pid
     finally:
         os.close(ns_fd)
 
 
-def _relay(child: int) -> None:
-    """Intermediate process (non-root mode): forward signals, mirror the worker's exit."""
-    os.closerange(3, 1 << 16)
+def _relay(child: int, supervisor: int | None) -> None:
+    """Intermediate process (non-root mode): forward signals, mirror the worker's exit, and
+    SIGKILL the worker (PID 1 of its namespace: the namespace goes with it) when the
+    `supervisor` exits. It keeps none of the caller's fds (stdin and stdout become /dev/null:
+    it may outlive the caller) but stderr and `supervisor`."""
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.closerange(3, supervisor if supervisor is not None else 1 << 16)
+    if supervisor is not None:
+        os.closerange(supervisor + 1, 1 << 16)
 
     def forward(signum: int, _frame: Any) -> None:
         try:
@@ -104,6 +138,13 @@ def _relay(child: int) -> None:
 
     for sig in RELAYED_SIGNALS:
         signal.signal(sig, forward)
+    if supervisor is not None:
+        # wake on the worker's exit or the supervisor's (a relayed signal interrupts the
+        # select, which Python then retries); the worker is ours: its pid cannot be reused
+        child_fd = os.pidfd_open(child)
+        ready, _, _ = select.select([child_fd, supervisor], [], [])
+        if supervisor in ready:
+            os.kill(child, signal.SIGKILL)
     while True:
         try:
             _, status = os.waitpid(child, 0)
@@ -117,7 +158,7 @@ def _relay(child: int) -> None:
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
-def _fork_userns() -> int:
+def _fork_userns(supervisor: int | None) -> int:
     pid = os.fork()
     if pid != 0:
         return pid
@@ -130,19 +171,23 @@ def _fork_userns() -> int:
         os._exit(EXIT_SETUP_FAILED)
     if child == 0:
         _state["userns"] = True
+        _state["supervised"] = supervisor is not None
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         return 0
-    _relay(child)
+    _relay(child, supervisor)
     os._exit(EXIT_SETUP_FAILED)  # not reached
 
 
-def fork(root: bool, pid_ns: bool, user_ns: bool, init_argv: list[str] | None = None) -> int:
+def fork(root: bool, pid_ns: bool, user_ns: bool, init_argv: list[str] | None = None,
+         supervisor: int | None = None) -> int:
     """Fork the worker: 0 in the child, in a new PID namespace when possible (PID 2 under
-    `init_argv` as PID 1 when given and running as root, else PID 1 itself)."""
+    `init_argv` as PID 1 when given and running as root, else PID 1 itself). `supervisor`:
+    a pidfd whose process's exit ends the worker's tree where `supervised()` says so."""
+    _state["supervised"] = False
     if pid_ns and root:
-        return _fork_root(init_argv)
+        return _fork_root(init_argv, supervisor)
     if pid_ns and user_ns:
-        return _fork_userns()
+        return _fork_userns(supervisor)
     return os.fork()
 
 
