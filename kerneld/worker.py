@@ -19,10 +19,13 @@ change threads behind a full memory barrier, which the lock is). Between cells o
 thread touches the socket. Ordering: every send first drains both pipes, so everything written
 before `display()` or the end of a cell is emitted before it, in the order written per stream.
 
-Liveness and shutdown: the worker exits on `Shutdown`, when its parent (the zygote) dies
-(PR_SET_PDEATHSIG, set by the zygote), or when killed; the manager learns of the exit from the
-zygote, which reaps it. Failure modes: a crash anywhere simply ends the process; the manager
-turns that into `KernelDied` for every running and queued execution.
+Liveness and shutdown: the worker exits on `Shutdown`, when killed, or when the manager's
+process exits (confined: its kernel-init then exits, which ends the PID namespace; unconfined:
+a thread the zygote started watches the manager); not when the zygote dies. The manager learns
+of the exit from the zygote, which reaps it, or from its own pidfd watch once the zygote died.
+Failure modes: a crash anywhere simply ends the process; the manager turns that into
+`KernelDied` for every running and queued execution. User code that closes fd 1 or 2 gets
+them back at the end of the cell (`_restore_fds`).
 """
 
 from __future__ import annotations
@@ -196,7 +199,11 @@ class _Pump(threading.Thread):
         for fd in (self.channel.out_r, self.channel.err_r, self.flusher.wake_r):
             poller.register(fd, select.POLLIN)
         while True:
-            ready = [fd for fd, _ in poller.poll(self._timeout_ms())]
+            events = poller.poll(self._timeout_ms())
+            for fd, ev in events:
+                if not ev & select.POLLIN:  # every writer closed, or the fd itself: it would
+                    poller.unregister(fd)   # report that at once, forever (a busy loop)
+            ready = [fd for fd, _ in events]
             if self.flusher.wake_r in ready:
                 self.flusher.woken()
             self.flusher.start_if_due()
@@ -290,6 +297,7 @@ class _Flusher(threading.Thread):
 
 
 _STREAMS: list[io.TextIOWrapper] = []  # the worker's own sys.stdout and sys.stderr
+_SPARES: dict[int, int] = {}  # fd 1 / 2 → a private copy of its pipe's write end
 
 # What starts a process whose output goes straight to fds 1/2 without running Python's
 # at-fork hooks; `os.fork`, `os.forkpty` and what uses them (`os.spawn*`, `pty`,
@@ -327,7 +335,7 @@ def _capture_fds() -> tuple[int, int]:
         except OSError:
             pass
         os.dup2(w, fd)
-        os.close(w)
+        _SPARES[fd] = w  # close-on-exec; see _restore_fds
         os.set_blocking(r, False)
         ends.append(r)
     out = _text_stream(1, line_buffering=False)
@@ -338,6 +346,21 @@ def _capture_fds() -> tuple[int, int]:
     os.write = _ordered_write
     os.register_at_fork(before=_flush_python_streams, after_in_child=_fresh_streams_in_child)
     return ends[0], ends[1]
+
+
+def _restore_fds() -> None:
+    """Put back fd 1 or 2 if user code closed it (`os.close(1)`): the text it printed since
+    is written at the end of the cell, and later cells print as usual. Until then a write to
+    the closed fd fails with EBADF (an OSError in the cell, as in any process). The spare
+    copies also keep the pipes from reading EOF, which the pump would see at every poll."""
+    for fd, spare in _SPARES.items():
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            try:
+                os.dup2(spare, fd)
+            except OSError:
+                pass  # user code closed the spare too: that output is lost
 
 
 def _text_stream(fd: int, *, line_buffering: bool) -> io.TextIOWrapper:
@@ -473,6 +496,7 @@ class _Worker:
             error = {"ename": "KeyboardInterrupt", "evalue": "", "traceback": []}
             self._emit("execute_error", error)
             status, count, result = "error", None, None
+        _restore_fds()
         _flush_python_streams()
         self.exec_id = None
         self.channel.finish(p.Done(msg.exec_id, status, count, result, error))
