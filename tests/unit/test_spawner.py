@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -28,7 +29,12 @@ async def test_kill_leaves_an_exited_zygote_to_asyncio(pidfd_watcher, caplog):
     """`_kill` of a process that has exited but that asyncio has not reaped yet must not reap
     it (Popen.kill() would: it polls with waitpid first). asyncio then reports the real exit
     code instead of logging "Unknown child process" and reporting 255."""
-    proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 3")
+    # the child exits only once we close `w`: one that exited on its own could already be
+    # reaped by the loop while create_subprocess_exec awaits (it did, on an idle machine)
+    r, w = os.pipe()
+    proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", "read x; exit 3", stdin=r)
+    os.close(r)
+    os.close(w)
     deadline = time.monotonic() + 10
     while process_state(proc.pid) != "Z":  # no await: the loop cannot reap it meanwhile
         assert time.monotonic() < deadline, "the child did not exit"
