@@ -22,8 +22,9 @@ else: kernels belong to the manager. A peer that vanished is noticed when a send
 (ROUTER_MANDATORY → EHOSTUNREACH); its subscriptions are then dropped. Its executions run on
 to their end; their replies are discarded.
 
-Liveness: a worker or zygote crash is the manager's business (KernelDied events, zygote
-restarted on the next fork); nothing from a client or a kernel can raise into the loop.
+Liveness: a worker or zygote crash is the manager's business (a worker's: KernelDied events;
+the zygote's: its kernels carry on, a new zygote starts on the next fork); nothing from a
+client or a kernel can raise into the loop.
 systemd is told READY=1 once the zygote is up, STATUS= every few seconds, WATCHDOG=1 every
 half WATCHDOG_USEC (from the loop itself, so a wedged loop stops the pings).
 
