@@ -84,9 +84,12 @@ def check_args(name: str, op: Op, args: dict[str, Any]) -> None:
         types = accepted.get(key)
         if types is None:
             unknown = sorted(k for k in args if k not in accepted)
+            shown = ", ".join(k if len(k) <= 64 else f"{k[:64]}…" for k in unknown[:10])
+            if len(unknown) > 10:
+                shown += f", … ({len(unknown)} in all)"
             raise InvalidArgument(
                 f"{name}: unknown argument{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(unknown)} (accepted: {', '.join(accepted) or 'none'})")
+                f"{shown} (accepted: {', '.join(accepted) or 'none'})")
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             names = " or ".join("null" if t is _NONE else t.__name__ for t in types)
             raise InvalidArgument(f"{name}: argument {key} must be {names}, "

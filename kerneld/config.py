@@ -46,6 +46,9 @@ class ManagerConfig:
         program itself). The daemon sets a list, because its clients are other users.
     allow_profile_paths: whether `profile=` may name a .toml file instead of a profile name
         (the daemon refuses paths: its clients must not bring their own permissions).
+    max_queued_executions / max_queued_code: executions queued or running on one kernel, and
+        the bytes of their code; one more is refused with LimitExceeded.
+    max_queued_executions_total / max_queued_code_total: the same for all kernels together.
     """
 
     runtime_python: str = field(default_factory=_default_runtime_python)
@@ -64,6 +67,10 @@ class ManagerConfig:
     runtime_dir: str | None = None
     mount_roots: tuple[str, ...] | None = None
     allow_profile_paths: bool = True
+    max_queued_executions: int = 1_000
+    max_queued_code: int = 64 * 1024 * 1024
+    max_queued_executions_total: int = 100_000
+    max_queued_code_total: int = 512 * 1024 * 1024
 
 
 # =========================================================================== the daemon's config
@@ -126,6 +133,8 @@ class DaemonConfig:
     shutdown_grace: seconds SIGTERM waits for running executions before ending them.
     curve_secret_key_file: the server's CURVE certificate (zmq.auth format) for tcp.
     allowed_client_keys: CURVE public keys (Z85, or certificate files/dirs) allowed over tcp.
+    max_queued_executions_per_client: executions one client connection (ZeroMQ peer) may have
+        queued or running at once ([kernels] in the file, next to the kernels' own limits).
     manager: the `ManagerConfig` of the daemon's KernelManager ([runtime], [profiles],
     [kernels], [pool]).
     source: the file this was loaded from, if any.
@@ -139,6 +148,7 @@ class DaemonConfig:
     shutdown_grace: float = 10.0
     curve_secret_key_file: str | None = None
     allowed_client_keys: tuple[str, ...] = ()
+    max_queued_executions_per_client: int = 10_000
     manager: ManagerConfig = field(default_factory=_daemon_manager_defaults)
     source: str | None = None
 
@@ -249,6 +259,24 @@ def _int(minimum: int) -> Parser:
     return parse
 
 
+_SIZE_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2,
+               "g": 1024**3, "gib": 1024**3}
+
+
+def _size(minimum: int) -> Parser:
+    """Bytes: an integer, or a string such as "64MiB" (K/KiB, M/MiB, G/GiB: powers of 1024)."""
+    def parse(where: str, raw: Any) -> int:
+        value = raw
+        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", raw) if isinstance(raw, str) else None
+        if m is not None and m.group(2).lower() in _SIZE_UNITS:
+            value = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _fail(where, f"expected a size of at least {minimum} bytes (an integer, or "
+                               f"a string such as \"64MiB\"), got {raw!r}")
+        return int(value)
+    return parse
+
+
 def _bool(where: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise _fail(where, f"expected true or false, got {value!r}")
@@ -347,6 +375,15 @@ _KEYS: dict[str, dict[str, _Key]] = {
         "stall_grace": _Key("manager", "stall_grace", _number, "float"),
         "mount_roots": _Key("manager", "mount_roots", _list(_abs_path), "list"),
         "allow_profile_paths": _Key("manager", "allow_profile_paths", _bool, "bool"),
+        "max_queued_executions": _Key("manager", "max_queued_executions", _int(1), "int"),
+        # at least one execution of the largest code a request may carry (MAX_CODE_BYTES)
+        "max_queued_code": _Key("manager", "max_queued_code", _size(1024 * 1024), "str"),
+        "max_queued_executions_per_client": _Key("daemon", "max_queued_executions_per_client",
+                                                 _int(1), "int"),
+        "max_queued_executions_total": _Key("manager", "max_queued_executions_total",
+                                            _int(1), "int"),
+        "max_queued_code_total": _Key("manager", "max_queued_code_total",
+                                      _size(1024 * 1024), "str"),
     },
     "pool": {
         "size": _Key("manager", "pool_size", _int(0), "int"),

@@ -31,7 +31,7 @@ from typing import Any
 from IPython.core.interactiveshell import InteractiveShell
 
 from kerneld import protocol as p
-from kerneld.kernel import Engine
+from kerneld.kernel import Engine, answered, failure
 
 _RUN_LOCK = threading.Lock()
 _FLUSH_SECONDS = 0.02
@@ -204,16 +204,20 @@ class _InProcessKernel:
                 error = {"ename": "KeyboardInterrupt", "evalue": "", "traceback": []}
                 self._emit("execute_error", error)
                 status, count, result = "error", None, None
+            except Exception as exc:  # noqa: BLE001  (IPython itself failed: this cell's error)
+                error = failure(exc)
+                self._emit("execute_error", error)
+                status, count, result = "error", None, None
             self.flush_text()
             self.exec_id = None
             return p.Done(msg.exec_id, status, count, result, error)
         if isinstance(msg, p.Complete):
-            return p.Answer(msg.req_id, engine.complete(msg.code, msg.cursor_pos))
+            return p.Answer(msg.req_id, answered(engine.complete, msg.code, msg.cursor_pos))
         if isinstance(msg, p.Inspect):
-            return p.Answer(msg.req_id, engine.inspect(msg.code, msg.cursor_pos,
-                                                       msg.detail_level))
+            return p.Answer(msg.req_id, answered(engine.inspect, msg.code, msg.cursor_pos,
+                                                 msg.detail_level))
         if isinstance(msg, p.IsComplete):
-            return p.Answer(msg.req_id, engine.is_complete(msg.code))
+            return p.Answer(msg.req_id, answered(engine.is_complete, msg.code))
         return None
 
 

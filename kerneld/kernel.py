@@ -24,6 +24,7 @@ import builtins
 import getpass
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -339,6 +340,22 @@ class Engine:
         if status == "incomplete":
             reply["indent"] = " " * (indent or 0)
         return reply
+
+
+def failure(exc: BaseException) -> dict[str, Any]:
+    """An exception as Jupyter's error content (`ename`, `evalue`, `traceback` lines)."""
+    return {"ename": type(exc).__name__, "evalue": str(exc),
+            "traceback": [line.rstrip("\n") for line in traceback.format_exception(exc)]}
+
+
+def answered(method: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """`method(*args)` (complete, inspect, is_complete), or Jupyter's error reply content
+    (`status: "error"`) if it raises: IPython fails on some requests (a completion far
+    outside the code), and a request must never end the kernel."""
+    try:
+        return method(*args)
+    except Exception as exc:  # noqa: BLE001  (whatever it is, it is this request's answer)
+        return {"status": "error", **failure(exc)}
 
 
 def _no_stdin(prompt: str = "", stream: Any = None) -> str:

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import inspect
 import logging
+import math
 import os
 import re
 import shutil
@@ -55,13 +57,14 @@ from kerneld.errors import (
 from kerneld.execution import Execution, ExecutionStream
 from kerneld.kernels import KernelMode, _Kernel
 from kerneld.pool import Pool
-from kerneld.profiles import Profile, load_profile
+from kerneld.profiles import PROFILE_NAME, Profile, load_profile
 from kerneld.spawner import ProcessWatch, WorkerHub, ZygoteClient
 
 log = logging.getLogger(__name__)
 
 UID_LOCK_DIR = "/run/kerneld-uids"
-_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")  # always fullmatch: `$` matches before a \n
+_ID_RULE = "use 1-128 characters of A-Z a-z 0-9 . _ -"
 Listener = Callable[[p.KernelEvent], Any]
 
 
@@ -82,6 +85,9 @@ class KernelManager:
         self._uid_locks: dict[int, int] = {}  # uid → fd of its lock file, while in use
         self._closed = False
         self._profiles: dict[str, Profile] = {}
+        # executions queued or running: per kernel [count, code bytes], and for all kernels
+        self._queued: dict[_Kernel, list[int]] = {}
+        self._queued_total = [0, 0]
         self.pool = Pool(self)
         self.started = time.time()
 
@@ -128,9 +134,18 @@ class KernelManager:
 
     def load_profile(self, name: str) -> Profile:
         """A profile by name (or, where allowed, by path), parsed once until `reload_profiles`."""
-        if ("/" in name or name.endswith(".toml")) and not self.config.allow_profile_paths:
-            raise PermissionDenied(f"profile {name!r}: only profile names are accepted here, "
-                                   "not paths (allow_profile_paths = false)")
+        if not isinstance(name, str):
+            raise InvalidArgument(f"profile must be a string, not {type(name).__name__}")
+        if "/" in name or name.endswith(".toml"):
+            if not self.config.allow_profile_paths:
+                raise PermissionDenied(f"profile {_shown(name)}: only profile names are "
+                                       "accepted here, not paths (allow_profile_paths = false)")
+            if "\0" in name or len(name) > 4096:
+                raise InvalidArgument(f"invalid profile path {_shown(name)}: at most 4096 "
+                                      "characters, no NUL")
+        elif not PROFILE_NAME.fullmatch(name):
+            raise InvalidArgument(f"invalid profile name {_shown(name)}: use 1-128 characters "
+                                  "of A-Z a-z 0-9 . _ -, not starting with . or -")
         profile = self._profiles.get(name)
         if profile is None:
             profile = self._profiles[name] = load_profile(name, self.config.profile_dirs)
@@ -202,6 +217,12 @@ class KernelManager:
     ) -> str:
         """Create a kernel and wait until it is ready; returns its id (SPEC: Kernel ids)."""
         kernel_id = self._new_id(id, namespace)
+        _check_seconds("inactivity_timeout", inactivity_timeout,
+                       "0: never; null: the profile's or the configured default")
+        _check_seconds("max_execution_time", max_execution_time,
+                       "0: no limit; null: the profile's or the configured default")
+        if profile is not None:
+            self.load_profile(profile)  # a bad name fails here, before anything is set up
         mode = _mode(mode)
         if mode is KernelMode.IN_PROCESS and not self.config.allow_in_process:
             raise PermissionDenied("in_process kernels are disabled here "
@@ -230,15 +251,13 @@ class KernelManager:
     def _new_id(self, id: str | None, namespace: str | None) -> str:
         if id is None:
             base = str(uuid.uuid4())
-        elif not isinstance(id, str) or not _ID_RE.match(id):
-            raise InvalidArgument(f"invalid kernel id {id!r}: use 1-128 characters of "
-                                  "A-Z a-z 0-9 . _ -")
+        elif not isinstance(id, str) or not _ID_RE.fullmatch(id):
+            raise InvalidArgument(f"invalid kernel id {_shown(id)}: {_ID_RULE}")
         else:
             base = id
         if namespace is not None:
-            if not isinstance(namespace, str) or not _ID_RE.match(namespace):
-                raise InvalidArgument(f"invalid namespace {namespace!r}: use 1-128 characters "
-                                      "of A-Z a-z 0-9 . _ -")
+            if not isinstance(namespace, str) or not _ID_RE.fullmatch(namespace):
+                raise InvalidArgument(f"invalid namespace {_shown(namespace)}: {_ID_RULE}")
             base = f"{namespace}:{base}"
         if base in self._kernels:
             raise InvalidArgument(f"Kernel with ID {base} already exists")
@@ -249,7 +268,7 @@ class KernelManager:
     def _get(self, kernel_id: str) -> _Kernel:
         kernel = self._kernels.get(kernel_id) if isinstance(kernel_id, str) else None
         if kernel is None:
-            raise KernelNotFound(f"kernel {kernel_id!r} not found")
+            raise KernelNotFound(f"kernel {_shown(kernel_id)} not found")
         return kernel
 
     def get_kernel(self, kernel_id: str) -> Kernel:
@@ -287,25 +306,69 @@ class KernelManager:
         kernel = self._get(kernel_id)
         if not isinstance(code, str):
             raise InvalidArgument(f"code must be a string, not {type(code).__name__}")
-        if len(code.encode("utf-8", "surrogatepass")) > p.MAX_CODE_BYTES:
+        size = len(code) if code.isascii() else len(code.encode("utf-8", "surrogatepass"))
+        if size > p.MAX_CODE_BYTES:
             raise LimitExceeded(f"code is larger than the limit of {p.MAX_CODE_BYTES} bytes")
+        self._admit(kernel, size)
         execution = Execution(kernel.id, code, allow_stdin=bool(allow_stdin),
                               silent=bool(silent), store_history=bool(store_history),
                               streaming=streaming)
+        for counts in (self._queued.setdefault(kernel, [0, 0]), self._queued_total):
+            counts[0] += 1
+            counts[1] += size
+        execution.future.add_done_callback(functools.partial(self._unqueue, kernel, size))
         kernel.submit(execution)
         return execution
+
+    def _admit(self, kernel: _Kernel, size: int) -> None:
+        """LimitExceeded, naming the limit, unless one more execution of `size` bytes of code
+        fits the queue limits (executions queued or running, per kernel and in all)."""
+        cfg = self.config
+        count, queued = self._queued.get(kernel, (0, 0))
+        total, total_bytes = self._queued_total
+        if count >= cfg.max_queued_executions:
+            raise LimitExceeded(
+                f"kernel {kernel.id} has {count} executions queued or running, the limit "
+                f"(max_queued_executions = {cfg.max_queued_executions}); retry when some end")
+        if queued + size > cfg.max_queued_code:
+            raise LimitExceeded(
+                f"kernel {kernel.id} has {queued} bytes of code queued; {size} more would "
+                f"exceed the limit (max_queued_code = {cfg.max_queued_code} bytes)")
+        if total >= cfg.max_queued_executions_total:
+            raise LimitExceeded(
+                f"{total} executions are queued or running on all kernels, the limit "
+                f"(max_queued_executions_total = {cfg.max_queued_executions_total}); "
+                "retry later")
+        if total_bytes + size > cfg.max_queued_code_total:
+            raise LimitExceeded(
+                f"{total_bytes} bytes of code are queued on all kernels; {size} more would "
+                f"exceed the limit (max_queued_code_total = {cfg.max_queued_code_total} bytes)")
+
+    def _unqueue(self, kernel: _Kernel, size: int, _future: object) -> None:
+        counts = self._queued.get(kernel)
+        if counts is not None:
+            counts[0] -= 1
+            counts[1] -= size
+            if counts[0] <= 0:
+                del self._queued[kernel]
+        self._queued_total[0] -= 1
+        self._queued_total[1] -= size
+
+    def queued_executions(self) -> tuple[int, int]:
+        """(executions queued or running, bytes of their code), all kernels together."""
+        return self._queued_total[0], self._queued_total[1]
 
     def input_reply(self, kernel_id: str, value: str) -> bool:
         return self._get(kernel_id).input_reply(str(value))
 
     async def complete(self, kernel_id: str, code: str,
                        cursor_pos: int | None = None) -> dict[str, Any]:
-        pos = len(code) if cursor_pos is None else int(cursor_pos)
+        pos = _cursor(code, cursor_pos)
         return await self._get(kernel_id).ask(lambda r: p.Complete(r, code, pos))
 
     async def inspect(self, kernel_id: str, code: str, cursor_pos: int | None = None,
                       detail_level: int = 0) -> dict[str, Any]:
-        pos = len(code) if cursor_pos is None else int(cursor_pos)
+        pos = _cursor(code, cursor_pos)
         return await self._get(kernel_id).ask(
             lambda r: p.Inspect(r, code, pos, int(detail_level)))
 
@@ -383,6 +446,7 @@ class KernelManager:
         return True
 
     def set_inactivity_timeout(self, kernel_id: str, timeout: float | None) -> bool:
+        _check_seconds("timeout", timeout, "0 or null: never")
         kernel = self._kernels.get(kernel_id)
         if kernel is None:
             return False
@@ -541,6 +605,37 @@ def _sweep_leftovers(base: str) -> None:
             sandbox.cgroups.sweep(lambda name: _dead_owner(name, "m"))
         except OSError:
             pass
+
+
+def _shown(value: object, limit: int = 64) -> str:
+    """`repr(value)` for an error message, cut to about `limit` characters (a client's bad
+    value goes back to it, and into logs: never a megabyte of it)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit + 2 else f"{text[:limit]}…"
+
+
+def _check_seconds(name: str, value: object, meaning: str) -> None:
+    """A timeout argument: None or a finite number of seconds >= 0 (NaN, inf and negative
+    numbers would silently mean "never" or "at once")."""
+    if value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
+        raise InvalidArgument(f"{name} must be a finite number of seconds >= 0 ({meaning}), "
+                              f"got {_shown(value)}")
+
+
+def _cursor(code: str, cursor_pos: int | None) -> int:
+    """A cursor position in `code` (characters): 0..len(code); None means the end."""
+    if cursor_pos is None:
+        return len(code)
+    if (isinstance(cursor_pos, bool) or not isinstance(cursor_pos, int)
+            or not 0 <= cursor_pos <= len(code)):
+        raise InvalidArgument(f"cursor_pos must be an integer in 0..len(code) = 0..{len(code)}, "
+                              f"got {_shown(cursor_pos)}")
+    return cursor_pos
 
 
 def _mode(mode: KernelMode | str) -> KernelMode:

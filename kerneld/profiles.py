@@ -52,6 +52,7 @@ from .netmatch import NetRule, Rules, parse_rules
 
 __all__ = [
     "DEFAULT_RUNTIME_PREFIX",
+    "PROFILE_NAME",
     "SYS_KINDS",
     "FilesystemSpec",
     "PermissionDenied",
@@ -69,7 +70,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OnStall = Literal["event", "interrupt", "restart", "terminate"]
-_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+# A profile name (always fullmatch: `$` would match before a trailing newline).
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _ENV_KEY = re.compile(r"^[^=\0]+$")
 
 
@@ -314,8 +316,10 @@ def load_profile(name_or_path: str | os.PathLike[str],
     if "/" in text or text.endswith(".toml"):
         path = Path(text).expanduser()
     else:
-        if not _PROFILE_NAME.match(text):
-            raise ProfileError(f"bad profile name {text!r}")
+        if not PROFILE_NAME.fullmatch(text):
+            shown = repr(text) if len(text) <= 64 else f"{text[:64]!r}… ({len(text)} characters)"
+            raise ProfileError(f"bad profile name {shown}: use 1-128 characters of "
+                               "A-Z a-z 0-9 . _ -, not starting with . or -")
         dirs = (*map(Path, search_dirs), packaged_profiles_dir())
         path = next((d / f"{text}.toml" for d in dirs if (d / f"{text}.toml").is_file()),
                     Path())

@@ -229,6 +229,122 @@ DecodeError = msgspec.DecodeError
 _LEN = struct.Struct(">I")
 
 
+class _IdOnly(msgspec.Struct):
+    """Enough of a request to answer it when the rest does not decode."""
+
+    id: str
+
+
+_id_decoder = msgspec.msgpack.Decoder(_IdOnly)
+
+
+def request_id(payload: bytes) -> str | None:
+    """The `id` of a request that did not decode as a `Request`, if it can be read: a
+    top-level map whose last `id` key holds a str. None otherwise.
+
+    msgspec reads it (in C) unless the frame nests deeper than the decoder recurses (~1000
+    levels: msgspec recurses even to skip a value); then `scan_request_id` reads the same id
+    without recursion."""
+    try:
+        return _id_decoder.decode(payload).id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    except RecursionError:
+        return scan_request_id(payload)
+
+
+# msgpack formats by first byte, for the scanner: (kind, length-field bytes, fixed bytes).
+# _RAW: `length + fixed` bytes follow; _STR: a string of `length` bytes; _ARRAY / _MAP:
+# `length` values / pairs follow. Fixed-size formats have no length field.
+_RAW, _STR, _ARRAY, _MAP = range(4)
+_FORMATS: dict[int, tuple[int, int, int]] = {
+    0xc0: (_RAW, 0, 0), 0xc2: (_RAW, 0, 0), 0xc3: (_RAW, 0, 0),                 # nil, bools
+    0xc4: (_RAW, 1, 0), 0xc5: (_RAW, 2, 0), 0xc6: (_RAW, 4, 0),                 # bin
+    0xc7: (_RAW, 1, 1), 0xc8: (_RAW, 2, 1), 0xc9: (_RAW, 4, 1),                 # ext (+type)
+    0xca: (_RAW, 0, 4), 0xcb: (_RAW, 0, 8),                                     # floats
+    0xcc: (_RAW, 0, 1), 0xcd: (_RAW, 0, 2), 0xce: (_RAW, 0, 4), 0xcf: (_RAW, 0, 8),  # uint
+    0xd0: (_RAW, 0, 1), 0xd1: (_RAW, 0, 2), 0xd2: (_RAW, 0, 4), 0xd3: (_RAW, 0, 8),  # int
+    0xd4: (_RAW, 0, 2), 0xd5: (_RAW, 0, 3), 0xd6: (_RAW, 0, 5), 0xd7: (_RAW, 0, 9),  # fixext
+    0xd8: (_RAW, 0, 17),
+    0xd9: (_STR, 1, 0), 0xda: (_STR, 2, 0), 0xdb: (_STR, 4, 0),
+    0xdc: (_ARRAY, 2, 0), 0xdd: (_ARRAY, 4, 0),
+    0xde: (_MAP, 2, 0), 0xdf: (_MAP, 4, 0),
+}
+SCAN_MAX_ITEMS = 100_000  # values the scanner skips at most (~10 ms) before giving up
+
+
+def _header(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(kind, length, position after the header) of the msgpack value at `pos`.
+    IndexError when truncated, KeyError for the unused byte 0xc1."""
+    b = data[pos]
+    pos += 1
+    if b <= 0x7f or b >= 0xe0:
+        return _RAW, 0, pos                          # fixint
+    if b <= 0x8f:
+        return _MAP, b & 0x0f, pos
+    if b <= 0x9f:
+        return _ARRAY, b & 0x0f, pos
+    if b <= 0xbf:
+        return _STR, b & 0x1f, pos
+    kind, width, fixed = _FORMATS[b]
+    if pos + width > len(data):
+        raise IndexError("truncated length")
+    length = int.from_bytes(data[pos:pos + width], "big") + fixed if width else fixed
+    return kind, length, pos + width
+
+
+def _skip(data: bytes, kind: int, length: int, pos: int, budget: list[int]) -> int:
+    """Skip the value whose header was read (`pos` is just past it), nested ones included,
+    with a counter of values still to skip instead of recursion; returns the position after
+    it. `budget[0]` counts down the values skipped."""
+    pending = 0
+    end = len(data)
+    while True:
+        if kind == _ARRAY:
+            pending += length
+        elif kind == _MAP:
+            pending += 2 * length
+        else:
+            pos += length
+        if pos > end or pending > end - pos:  # every pending value takes a byte at least
+            raise IndexError("truncated")
+        if not pending:
+            return pos
+        pending -= 1
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise OverflowError("too many values to scan")
+        kind, length, pos = _header(data, pos)
+
+
+def scan_request_id(payload: bytes, max_items: int = SCAN_MAX_ITEMS) -> str | None:
+    """`request_id` without recursion: read the top-level map's keys and its `id` str,
+    skipping every other value by its length (nested containers by counting their items).
+    Same answer as decoding `_IdOnly` (keys must be str, the last `id` wins, it must be a
+    valid UTF-8 str, nothing may follow the map), at any depth; None beyond `max_items`."""
+    budget = [max_items]
+    try:
+        kind, pairs, pos = _header(payload, 0)
+        if kind != _MAP or 2 * pairs > len(payload) - pos or pairs > max_items:
+            return None
+        rid: str | None = None
+        for _ in range(pairs):
+            budget[0] -= 2
+            kind, length, pos = _header(payload, pos)
+            if kind != _STR or pos + length > len(payload):
+                return None
+            key = payload[pos:pos + length]
+            kind, length, pos = _header(payload, pos + length)
+            if key == b"id":
+                if kind != _STR or pos + length > len(payload):
+                    return None
+                rid = payload[pos:pos + length].decode("utf-8")
+            pos = _skip(payload, kind, length, pos, budget)
+        return rid if pos == len(payload) else None
+    except (IndexError, KeyError, OverflowError, UnicodeDecodeError):
+        return None
+
+
 def frame(payload: bytes) -> bytes:
     """Length-prefix a payload for the zygote pipes."""
     return _LEN.pack(len(payload)) + payload

@@ -12,15 +12,26 @@ manager methods with checked keyword arguments, plus subscribe/unsubscribe/statu
 
 I/O: the ROUTER is a plain (non-asyncio) ZeroMQ socket whose notification fd is registered
 with `loop.add_reader`; the callback drains every waiting message and handles it at once
-(sync manager methods answer inline, async ones become tasks). Sends never block (NOBLOCK).
+(sync manager methods answer inline, async ones become tasks; `execute` is answered from its
+future's done-callback). Sends never block (NOBLOCK).
 This saves pyzmq's per-message futures and a task switch per request (~50 µs a round trip,
 measured). ZeroMQ's fd is edge-triggered, so after each send the socket is re-checked for
 input that the send let through.
 
-State: in-flight request tasks; subscriptions (peer, request id) → manager listener. Nothing
-else: kernels belong to the manager. A peer that vanished is noticed when a send to it fails
-(ROUTER_MANDATORY → EHOSTUNREACH); its subscriptions are then dropped. Its executions run on
-to their end; their replies are discarded.
+Replies: every request gets exactly one terminal reply. When a peer's ZeroMQ queue is full
+(SNDHWM, a client not reading), replies wait in its backlog, in order, and a timer sends them as
+the peer reads; while a peer has a backlog, its new requests are answered LimitExceeded instead
+of being run. A backlog beyond MAX_BACKLOG_REPLIES / MAX_BACKLOG_BYTES (or all backlogs beyond
+MAX_BACKLOG_BYTES_TOTAL), or one that has not moved for BACKLOG_TIMEOUT seconds, means the peer
+is treated as gone (logged). Stream events wait for room instead (backpressure, same timeout);
+subscription events are dropped when there is none (they may be).
+
+State: in-flight request tasks; subscriptions (peer, request id) → manager listener; reply
+backlogs per peer; executions queued or running per peer (the per-client limit; the manager
+limits them per kernel and in all). Nothing else: kernels belong to the manager. A peer that
+vanished is noticed when a send to it fails (ROUTER_MANDATORY → EHOSTUNREACH); its
+subscriptions and backlog are then dropped. Its executions run on to their end; their replies
+are discarded.
 
 Liveness: a worker or zygote crash is the manager's business (a worker's: KernelDied events;
 the zygote's: its kernels carry on, a new zygote starts on the next fork); nothing from a
@@ -41,18 +52,22 @@ the daemon does: nothing outlives the daemon. `kerneld serve` is a child subreap
 zygote that dies leaves its kernels to the daemon, which keeps them (see `kerneld.manager`).
 
 Failure modes: malformed, oversized, wrong-version or unknown requests get an error reply when
-their id can be read, else they are dropped and logged (rate-limited); a reply that cannot be
-encoded becomes InternalError; an unexpected exception is logged with its traceback and
-answered with InternalError.
+their id can be read (`protocol.request_id`, at any nesting depth), else they are dropped;
+either way a DEBUG line each and a rate-limited WARNING summary (`_Tally`). A reply that cannot
+be encoded becomes InternalError; an unexpected exception is logged with its traceback and
+answered with InternalError, whose message never carries host paths (`_internal`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import grp
 import logging
+import math
 import os
+import re
 import signal
 import socket
 import stat
@@ -89,7 +104,15 @@ log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 10_000            # requests being worked on at once, all clients together
 MAX_SUBSCRIPTIONS_PER_PEER = 1_000
+SNDHWM = 10_000                  # messages ZeroMQ queues for one peer
+# Replies queued beyond SNDHWM for a peer that does not read (see "Replies" above): ~200 bytes
+# each for a refused request, so a peer's 100 000 take ~25 MiB.
+MAX_BACKLOG_REPLIES = 100_000
+MAX_BACKLOG_BYTES = 64 * 1024 * 1024
+MAX_BACKLOG_BYTES_TOTAL = 256 * 1024 * 1024
+BACKLOG_TIMEOUT = 60.0           # seconds a backlog may stand still before its peer is dropped
 STATUS_INTERVAL = 5.0
+READ_BATCH_BYTES = 8 * 1024 * 1024  # read at most this much before other work gets a turn
 _EVENT_TYPES = frozenset(e.value for e in KernelEvents)
 _OK, _AGAIN, _GONE = 0, 1, 2
 # Fields of ManagerConfig that only take effect when the daemon restarts.
@@ -98,13 +121,45 @@ _DAEMON_RESTART_ONLY = ("address", "tcp_address", "socket_group", "socket_mode",
                         "curve_secret_key_file")
 
 
-class _IdOnly(msgspec.Struct):
-    """Enough of a request to answer it when the rest does not decode."""
+class _Tally:
+    """One kind of bad input, counted: a DEBUG line for each occurrence, a WARNING for the
+    first `first`, then at most one WARNING per `interval` seconds carrying the count since the
+    last one (`flush`, from the status loop, writes out a count left pending)."""
 
-    id: str
+    def __init__(self, what: str, *, first: int = 3, interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.what, self.first, self.interval, self.clock = what, first, interval, clock
+        self.total = 0
+        self.pending = 0
+        self.last_warning = -math.inf
+        self.last_detail = ""
+
+    def note(self, detail: str) -> None:
+        self.total += 1
+        self.pending += 1
+        self.last_detail = detail
+        log.debug("%s %s", self.what, detail)
+        if self.total <= self.first or self.clock() - self.last_warning >= self.interval:
+            self._warn()
+
+    def flush(self) -> None:
+        if self.pending and self.clock() - self.last_warning >= self.interval:
+            self._warn()
+
+    def _warn(self) -> None:
+        log.warning("%s count=%d total=%d last: %s", self.what, self.pending, self.total,
+                    self.last_detail)
+        self.pending = 0
+        self.last_warning = self.clock()
 
 
-_id_decoder = msgspec.msgpack.Decoder(_IdOnly)
+class _Backlog:
+    """Replies waiting for a peer whose ZeroMQ queue is full, oldest first."""
+
+    def __init__(self, now: float) -> None:
+        self.replies: collections.deque[bytes] = collections.deque()
+        self.size = 0
+        self.moved = now  # when it last got smaller (or was created)
 
 
 class _AllowedKeys:
@@ -142,7 +197,14 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subs: dict[tuple[bytes, str], tuple[str, str, Callable[[p.KernelEvent], None]]] = {}
         self._subs_by_peer: dict[bytes, set[str]] = {}
-        self._dropped = 0
+        self._unreadable = _Tally("unreadable message dropped")
+        self._malformed = _Tally("bad request answered")
+        self._slow_subscribers = _Tally("subscriber too slow, event dropped")
+        self._backlog: dict[bytes, _Backlog] = {}
+        self._backlog_bytes = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_delay = 0.001
+        self._executions_by_peer: dict[bytes, int] = {}
         self._stopping = False
         self._background: list[asyncio.Task[Any]] = []
         self._notify = Notifier.from_env()
@@ -212,7 +274,7 @@ class Server:
         # Twice the request limit: requests between the two get a LimitExceeded reply; ZeroMQ
         # itself cuts off peers that send more (connection reset, nothing buffered).
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * p.MAX_REQUEST_BYTES)
-        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.SNDHWM, SNDHWM)
         sock.setsockopt(zmq.LINGER, 500)
         addresses = [cfg.address] + ([cfg.tcp_address] if cfg.tcp_address else [])
         for address in sorted(addresses, key=lambda a: a.startswith("tcp://")):
@@ -300,13 +362,16 @@ class Server:
     # ================================================================== requests
 
     def _on_readable(self) -> None:
-        """Handle every message waiting on the ROUTER (at most 256 before yielding to the
-        loop, so one flooding client cannot starve the rest)."""
+        """Handle every message waiting on the ROUTER (at most 256, or READ_BATCH_BYTES,
+        before yielding to the loop, so one flooding client cannot starve the rest)."""
         self._read_scheduled = False
         sock = self._sock
         if sock is None:
             return
+        budget = READ_BATCH_BYTES
         for _ in range(256):
+            if budget <= 0:
+                break
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -315,6 +380,7 @@ class Server:
                 if exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
                     log.error("recv failed error=%s", exc)
                 return
+            budget -= len(frames[-1])
             try:
                 self._on_frames(frames)
             except Exception:  # never let one request take the reader down
@@ -344,13 +410,24 @@ class Server:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self._bad(ident, payload, InvalidArgument(f"malformed request: {exc}"))
             return
+        except RecursionError:  # msgspec recurses into nested arrays and maps
+            self._bad(ident, payload, InvalidArgument(
+                "malformed request: nested too deeply (the decoder takes values nested "
+                "fewer than about 900 levels)"))
+            return
         if req.v != p.VERSION:
             self._error(ident, req.id, InvalidArgument(
                 f"protocol version {req.v} is not supported (this daemon speaks {p.VERSION})"))
             return
         op = OPS.get(req.op)
         if op is None:
-            self._error(ident, req.id, InvalidArgument(f"unknown op {req.op!r}"))
+            self._error(ident, req.id, InvalidArgument(f"unknown op {req.op[:64]!r}"))
+            return
+        backlog = self._backlog.get(ident)
+        if backlog is not None:
+            self._error(ident, req.id, LimitExceeded(
+                f"this client has not read {SNDHWM + len(backlog.replies)} or more replies; "
+                "read them before sending more requests"))
             return
         if not self.accepting:
             self._error(ident, req.id, DaemonUnavailable("the daemon is shutting down"))
@@ -366,14 +443,16 @@ class Server:
             self._error(ident, req.id, exc)
         except Exception as exc:
             log.exception("request failed op=%s", req.op)
-            self._error(ident, req.id, InternalError(f"{req.op}: {type(exc).__name__}: {exc}"))
+            self._error(ident, req.id, _internal(req.op, exc))
 
     def _dispatch(self, ident: bytes, req: p.Request, kind: str) -> None:
         mgr = self.manager
         if req.op == "execute":
             # Submitted here, synchronously, and answered from the future's done-callback: no
-            # task per execution (a task only when the client's queue is full).
+            # task per execution. The manager refuses what exceeds its queue limits.
+            self._admit_execution(ident)
             future = mgr.submit(**req.args)
+            self._count_execution(ident, 1)
             future.add_done_callback(functools.partial(self._answer_done, ident, req.id))
         elif kind == "async":
             self._task(self._answer(ident, req.id, req.op,
@@ -381,10 +460,27 @@ class Server:
         elif kind == "sync":
             self._ok(ident, req.id, getattr(mgr, req.op)(**req.args))
         elif kind == "stream":
+            self._admit_execution(ident)
             stream = mgr.execute_stream(**req.args)
+            self._count_execution(ident, 1)
             self._task(self._stream(ident, req.id, stream))
         else:
             getattr(self, f"_op_{req.op}")(ident, req.id, **req.args)
+
+    def _admit_execution(self, ident: bytes) -> None:
+        limit = self.config.max_queued_executions_per_client
+        mine = self._executions_by_peer.get(ident, 0)
+        if mine >= limit:
+            raise LimitExceeded(
+                f"this client has {mine} executions queued or running, the limit "
+                f"(max_queued_executions_per_client = {limit}); retry when some end")
+
+    def _count_execution(self, ident: bytes, delta: int) -> None:
+        mine = self._executions_by_peer.get(ident, 0) + delta
+        if mine > 0:
+            self._executions_by_peer[ident] = mine
+        else:
+            self._executions_by_peer.pop(ident, None)
 
     def _task(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -397,17 +493,18 @@ class Server:
         except KernelError as exc:
             payload = _error_payload(rid, exc)
         except asyncio.CancelledError:
-            self._send(ident, _error_payload(rid, DaemonUnavailable(
+            self._reply(ident, _error_payload(rid, DaemonUnavailable(
                 "the daemon shut down before this request finished")))
             raise
         except Exception as exc:
             log.exception("request failed op=%s", op)
-            payload = _error_payload(rid, InternalError(f"{op}: {type(exc).__name__}: {exc}"))
+            payload = _error_payload(rid, _internal(op, exc))
         else:
             payload = _ok_payload(rid, value)
-        await self._deliver(ident, payload)
+        self._reply(ident, payload)
 
     def _answer_done(self, ident: bytes, rid: str, future: asyncio.Future[Any]) -> None:
+        self._count_execution(ident, -1)
         exc = None if future.cancelled() else future.exception()
         if future.cancelled():
             payload = _error_payload(rid, DaemonUnavailable(
@@ -418,9 +515,8 @@ class Server:
             payload = _error_payload(rid, exc)
         else:
             log.error("execute failed error=%r", exc)
-            payload = _error_payload(rid, InternalError(f"execute: {type(exc).__name__}: {exc}"))
-        if self._send(ident, payload) == _AGAIN:
-            self._task(self._deliver(ident, payload))
+            payload = _error_payload(rid, _internal("execute", exc))
+        self._reply(ident, payload)
 
     async def _stream(self, ident: bytes, rid: str, stream: Any) -> None:
         gone = False
@@ -430,41 +526,51 @@ class Server:
                     gone = not await self._deliver(ident, _encode(p.Event(p.VERSION, rid, event)))
             result = stream.result
         except asyncio.CancelledError:
-            self._send(ident, _error_payload(rid, DaemonUnavailable(
+            self._reply(ident, _error_payload(rid, DaemonUnavailable(
                 "the daemon shut down before this execution finished")))
             raise
         except Exception as exc:
             log.exception("execute_stream failed")
-            payload = _error_payload(rid, InternalError(f"execute_stream: {exc}"))
+            payload = _error_payload(rid, _internal("execute_stream", exc))
         else:
             # The client rebuilds `outputs` from the events it received: no second copy.
             payload = _ok_payload(rid, msgspec.structs.replace(result, outputs=[]))
+        finally:
+            self._count_execution(ident, -1)
         if not gone:
-            await self._deliver(ident, payload)
+            self._reply(ident, payload)
 
     # ------------------------------------------------------------------ sending
 
     def _ok(self, ident: bytes, rid: str, value: Any) -> None:
-        self._send(ident, _ok_payload(rid, value))
+        self._reply(ident, _ok_payload(rid, value))
 
     def _error(self, ident: bytes, rid: str, exc: KernelError) -> None:
-        self._send(ident, _error_payload(rid, exc))
+        self._reply(ident, _error_payload(rid, exc))
 
     def _bad(self, ident: bytes, payload: bytes, exc: KernelError) -> None:
         """A request that could not be parsed: answer if its id can be read, else drop it."""
-        try:
-            rid = _id_decoder.decode(payload).id
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            self._dropped += 1
-            if self._dropped <= 10 or self._dropped % 1000 == 0:
-                log.warning("unreadable message dropped size=%d dropped_total=%d error=%s",
-                            len(payload), self._dropped, exc)
+        rid = p.request_id(payload)
+        if rid is None:
+            self._unreadable.note(f"size={len(payload)} error={str(exc)[:200]!r}")
             return
-        log.info("bad request answered id=%.64s error=%s", rid, exc)
+        self._malformed.note(f"id={rid[:64]!r} error={str(exc)[:200]!r}")
         self._error(ident, rid, exc)
 
+    def _reply(self, ident: bytes, payload: bytes) -> None:
+        """Send a request's terminal reply: now, or queued in the peer's backlog behind the
+        replies it has not read yet (never dropped unless the peer is treated as gone)."""
+        if self._send(ident, payload) == _AGAIN:
+            self._queue_reply(ident, payload)
+
     def _send(self, ident: bytes, payload: bytes) -> int:
-        """Send now without blocking: _OK, _AGAIN (peer's queue full) or _GONE."""
+        """Send now without blocking: _OK, _AGAIN (the peer's queue is full, or replies wait in
+        its backlog: nothing may overtake them) or _GONE."""
+        if ident in self._backlog:
+            return _AGAIN
+        return self._send_now(ident, payload)
+
+    def _send_now(self, ident: bytes, payload: bytes) -> int:
         sock = self._sock
         if sock is None:
             return _GONE
@@ -484,7 +590,8 @@ class Server:
         return status
 
     async def _deliver(self, ident: bytes, payload: bytes) -> bool:
-        """Send, waiting (up to 60 s) while the peer's queue is full. False if it is gone."""
+        """Send, waiting (up to BACKLOG_TIMEOUT) while the peer's queue is full. False if it
+        is gone."""
         delay = 0.001
         deadline = None
         while True:
@@ -492,15 +599,68 @@ class Server:
             if status != _AGAIN:
                 return status == _OK
             now = time.monotonic()
-            deadline = deadline or now + 60.0
+            deadline = deadline or now + BACKLOG_TIMEOUT
             if now > deadline:
-                log.warning("client not reading for 60 s; dropping its replies")
+                log.warning("client not reading for %.0f s; dropping its replies",
+                            BACKLOG_TIMEOUT)
                 self._peer_gone(ident)
                 return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
 
+    def _queue_reply(self, ident: bytes, payload: bytes) -> None:
+        backlog = self._backlog.get(ident)
+        if backlog is None:
+            backlog = self._backlog[ident] = _Backlog(time.monotonic())
+            self._flush_delay = 0.001
+        backlog.replies.append(payload)
+        backlog.size += len(payload)
+        self._backlog_bytes += len(payload)
+        if (len(backlog.replies) > MAX_BACKLOG_REPLIES or backlog.size > MAX_BACKLOG_BYTES
+                or self._backlog_bytes > MAX_BACKLOG_BYTES_TOTAL):
+            log.warning("client not reading: %d replies (%d bytes) wait for it, more than the "
+                        "daemon keeps; dropping them", len(backlog.replies), backlog.size)
+            self._peer_gone(ident)
+        elif self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_later(self._flush_delay, self._flush_backlogs)
+
+    def _flush_backlogs(self) -> None:
+        """Send what the backlogs hold while their peers have room; again later if any is
+        left (1 ms, doubling up to 100 ms while nothing moves)."""
+        self._flush_handle = None
+        now = time.monotonic()
+        moved = False
+        for ident, backlog in list(self._backlog.items()):
+            replies = backlog.replies
+            status = _OK
+            while replies:
+                status = self._send_now(ident, replies[0])
+                if status != _OK:
+                    break
+                sent = replies.popleft()
+                backlog.size -= len(sent)
+                self._backlog_bytes -= len(sent)
+                backlog.moved = now
+                moved = True
+            if status == _GONE:
+                self._drop_backlog(ident)
+            elif not replies:
+                del self._backlog[ident]
+            elif now - backlog.moved > BACKLOG_TIMEOUT:
+                log.warning("client not reading for %.0f s; dropping its %d queued replies",
+                            BACKLOG_TIMEOUT, len(replies))
+                self._peer_gone(ident)
+        self._flush_delay = 0.001 if moved else min(self._flush_delay * 2, 0.1)
+        if self._backlog and self._loop is not None and self._sock is not None:
+            self._flush_handle = self._loop.call_later(self._flush_delay, self._flush_backlogs)
+
+    def _drop_backlog(self, ident: bytes) -> None:
+        backlog = self._backlog.pop(ident, None)
+        if backlog is not None:
+            self._backlog_bytes -= backlog.size
+
     def _peer_gone(self, ident: bytes) -> None:
+        self._drop_backlog(ident)
         for rid in list(self._subs_by_peer.get(ident, ())):
             self._unsubscribe(ident, rid)
 
@@ -524,10 +684,7 @@ class Server:
 
         def listener(event: p.KernelEvent) -> None:
             if self._send(ident, _encode(p.Event(p.VERSION, rid, event))) == _AGAIN:
-                self._dropped += 1
-                if self._dropped <= 10 or self._dropped % 1000 == 0:
-                    log.warning("subscriber too slow, event dropped kernel=%s event=%s "
-                                "dropped_total=%d", event.kernel_id, event.type, self._dropped)
+                self._slow_subscribers.note(f"kernel={event.kernel_id} event={event.type}")
 
         self.manager.on_kernel_event(kernel_id, event_type, listener)  # KernelNotFound
         self._subs_by_peer.setdefault(ident, set()).add(rid)
@@ -582,6 +739,8 @@ class Server:
             "pool": repr(self.manager.pool), "pool_stats": self.manager.get_pool_stats(),
             "rss_bytes": psutil.Process().memory_info().rss,
             "requests_in_flight": len(self._tasks), "subscriptions": len(self._subs),
+            "executions_queued": self.manager.queued_executions()[0],
+            "replies_waiting": sum(len(b.replies) for b in self._backlog.values()),
             "confine": cfg.manager.confine, "allow_in_process": cfg.manager.allow_in_process,
             "default_profile": cfg.manager.default_profile, "config_file": cfg.source,
         }
@@ -591,6 +750,8 @@ class Server:
             await asyncio.sleep(STATUS_INTERVAL)
             try:
                 self._sweep_subscriptions()
+                for tally in (self._unreadable, self._malformed, self._slow_subscribers):
+                    tally.flush()
                 self._notify.send(f"STATUS={self.status_line()}")
             except Exception:
                 log.exception("status update failed")
@@ -683,13 +844,20 @@ class Server:
 
     async def _finish_requests(self, timeout: float) -> None:
         """Let in-flight requests send their replies; cancel what is still waiting (those
-        answer DaemonUnavailable)."""
+        answer DaemonUnavailable); give backlogged replies what time is left."""
+        deadline = time.monotonic() + timeout
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=0.2)
+        while self._backlog and time.monotonic() < deadline:
+            self._flush_backlogs()
+            await asyncio.sleep(0.01)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
 
 
 # ====================================================================== helpers
@@ -707,6 +875,19 @@ def _ok_payload(rid: str, value: Any) -> bytes:
 
 def _error_payload(rid: str, exc: KernelError) -> bytes:
     return _encode(p.Reply(p.VERSION, rid, False, None, exc.to_wire()))
+
+
+_CGROUP_PATH = re.compile(r"/sys/fs/cgroup[^\s'\"]*")
+
+
+def _internal(op: str, exc: BaseException) -> InternalError:
+    """An unexpected exception as a client sees it: the op, the type and what went wrong, but
+    no host paths (an OSError's file names, a cgroup path); the daemon's log has the rest."""
+    if isinstance(exc, OSError):
+        text = f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else "OS error"
+    else:
+        text = _CGROUP_PATH.sub("<cgroup>", str(exc))
+    return InternalError(f"{op}: {type(exc).__name__}: {text[:500]}")
 
 
 def _with_runtime_dir(config: DaemonConfig) -> ManagerConfig:

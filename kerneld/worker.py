@@ -23,9 +23,11 @@ Liveness and shutdown: the worker exits on `Shutdown`, when killed, or when the 
 process exits (confined: its kernel-init then exits, which ends the PID namespace; unconfined:
 a thread the zygote started watches the manager); not when the zygote dies. The manager learns
 of the exit from the zygote, which reaps it, or from its own pidfd watch once the zygote died.
-Failure modes: a crash anywhere simply ends the process; the manager turns that into
-`KernelDied` for every running and queued execution. User code that closes fd 1 or 2 gets
-them back at the end of the cell (`_restore_fds`).
+Failure modes: a request the engine fails on (IPython raising on a completion, an inspection
+or a cell) is answered with that error, as Jupyter's error content, and the kernel serves on;
+a crash anywhere else simply ends the process; the manager turns that into `KernelDied` for
+every running and queued execution. User code that closes fd 1 or 2 gets them back at the end
+of the cell (`_restore_fds`).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from typing import Any
 import zmq
 
 from kerneld import protocol as p
-from kerneld.kernel import Engine
+from kerneld.kernel import Engine, answered, failure
 
 COALESCE_SECONDS = 0.02
 HELD_OUTPUT_LIMIT = 1024 * 1024  # output written between cells, kept for the next one
@@ -464,12 +466,13 @@ class _Worker:
             if isinstance(msg, p.Execute):
                 self._execute(msg)
             elif isinstance(msg, p.Complete):
-                self._answer(msg.req_id, self.engine.complete(msg.code, msg.cursor_pos))
+                self._answer(msg.req_id, answered(self.engine.complete, msg.code,
+                                                  msg.cursor_pos))
             elif isinstance(msg, p.Inspect):
-                self._answer(msg.req_id, self.engine.inspect(msg.code, msg.cursor_pos,
-                                                             msg.detail_level))
+                self._answer(msg.req_id, answered(self.engine.inspect, msg.code,
+                                                  msg.cursor_pos, msg.detail_level))
             elif isinstance(msg, p.IsComplete):
-                self._answer(msg.req_id, self.engine.is_complete(msg.code))
+                self._answer(msg.req_id, answered(self.engine.is_complete, msg.code))
             elif isinstance(msg, p.Activate):
                 os.environ.clear()
                 os.environ.update(msg.env)
@@ -477,7 +480,10 @@ class _Worker:
                 return
 
     def _answer(self, req_id: str, content: dict[str, Any]) -> None:
-        self.channel.publish(p.Answer(req_id, content))
+        try:
+            self.channel.publish(p.Answer(req_id, content))
+        except (TypeError, ValueError, OverflowError) as exc:  # content msgpack cannot carry
+            self.channel.publish(p.Answer(req_id, {"status": "error", **failure(exc)}))
 
     def _execute(self, msg: p.Execute) -> None:
         self.exec_id = msg.exec_id
@@ -494,6 +500,10 @@ class _Worker:
                 self.flusher.cell_ended()
         except KeyboardInterrupt:  # arrived outside IPython's own handler
             error = {"ename": "KeyboardInterrupt", "evalue": "", "traceback": []}
+            self._emit("execute_error", error)
+            status, count, result = "error", None, None
+        except Exception as exc:  # noqa: BLE001  (IPython itself failed: this cell's error,
+            error = failure(exc)  # not the kernel's end)
             self._emit("execute_error", error)
             status, count, result = "error", None, None
         _restore_fds()
