@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kerneld.access import ProfileAccess
 from kerneld.errors import InvalidArgument
 
 
@@ -112,7 +113,7 @@ def client_default_address() -> str:
     return default_address()
 
 
-DAEMON_MOUNT_ROOTS = ("/srv/kerneld", "/tmp")
+DAEMON_MOUNT_ROOTS = ("/srv/kerneld",)
 
 
 def _daemon_manager_defaults() -> ManagerConfig:
@@ -135,6 +136,7 @@ class DaemonConfig:
     allowed_client_keys: CURVE public keys (Z85, or certificate files/dirs) allowed over tcp.
     max_queued_executions_per_client: executions one client connection (ZeroMQ peer) may have
         queued or running at once ([kernels] in the file, next to the kernels' own limits).
+    access: `[access] profiles`, which callers may use which profiles (`kerneld.access`).
     manager: the `ManagerConfig` of the daemon's KernelManager ([runtime], [profiles],
     [kernels], [pool]).
     source: the file this was loaded from, if any.
@@ -149,6 +151,7 @@ class DaemonConfig:
     curve_secret_key_file: str | None = None
     allowed_client_keys: tuple[str, ...] = ()
     max_queued_executions_per_client: int = 10_000
+    access: ProfileAccess = field(default_factory=ProfileAccess)
     manager: ManagerConfig = field(default_factory=_daemon_manager_defaults)
     source: str | None = None
 
@@ -335,6 +338,15 @@ def _client_key(where: str, value: Any) -> str:
     return path
 
 
+def _access(where: str, value: Any) -> ProfileAccess:
+    if not isinstance(value, dict):
+        raise _fail(where, f"expected a table of profile = [principals], got {value!r}")
+    try:
+        return ProfileAccess.from_table(where, value)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 # --------------------------------------------------------------------------- the key table
 
 @dataclass(frozen=True)
@@ -385,6 +397,9 @@ _KEYS: dict[str, dict[str, _Key]] = {
         "max_queued_code_total": _Key("manager", "max_queued_code_total",
                                       _size(1024 * 1024), "str"),
     },
+    "access": {
+        "profiles": _Key("daemon", "access", _access, "access"),
+    },
     "pool": {
         "size": _Key("manager", "pool_size", _int(0), "int"),
         "profiles": _Key("manager", "pool_profiles", _list(_profile), "list"),
@@ -414,6 +429,10 @@ def _from_env(where: str, kind: str, text: str) -> Any:
             raise ValueError(text)
         if kind == "list":
             return [x.strip() for x in text.split(",") if x.strip()]
+        if kind == "access":  # "trusted=group:admins,uid:1000;data-science=*"
+            return {name.strip(): [x.strip() for x in who.split(",") if x.strip()]
+                    for name, _, who in (part.partition("=") for part in text.split(";"))
+                    if name.strip()}
         if kind == "range":
             return [int(x, 0) for x in re.split(r"[-,:]", text, maxsplit=1)]
     except ValueError:

@@ -9,8 +9,9 @@ What it turns into events (all through the `emit(type, data)` callback it is giv
   / `clear_output` (IPython's display publisher);
 - a Python exception, a syntax error or an interrupt → `execute_error` with plain-text
   traceback lines;
-- `input()` / `getpass()` → `input_request`, answered through `request_input`, or a clear
-  `StdinNotImplementedError` when the caller did not allow stdin (as ipykernel does).
+- `input()` / `getpass()` → `input_request`, answered through `request_input` (the answer
+  `EOF` = "\x04" raises EOFError, as in ipykernel: how a client says its stdin ended), or a
+  clear `StdinNotImplementedError` when the caller did not allow stdin (as ipykernel does).
 Text written to stdout/stderr is *not* handled here: the host of the engine captures it
 (fd-level pipes in a worker, a thread-aware proxy in process), because only it knows the fds.
 
@@ -22,10 +23,14 @@ from __future__ import annotations
 import base64
 import builtins
 import getpass
+import itertools
+import os
 import re
+import subprocess
 import sys
 import traceback
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from IPython.core.completer import provisionalcompleter, rectify_completions
@@ -38,6 +43,7 @@ from traitlets import Type
 from traitlets.config import Config
 
 Emit = Callable[[str, dict[str, Any]], None]
+EOF = "\x04"  # an input_reply of this value: the client's stdin ended (Jupyter's convention)
 RequestInput = Callable[[str, bool], str]
 
 
@@ -183,6 +189,23 @@ def _shell_config() -> Config:
     return config
 
 
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _without_own_frames(trace: TracebackType | None) -> TracebackType | None:
+    """`trace` relinked without the frames of kerneld's own modules."""
+    kept = []
+    while trace is not None:
+        if not trace.tb_frame.f_code.co_filename.startswith(_OWN_DIR):
+            kept.append(trace)
+        trace = trace.tb_next
+    for a, b in itertools.pairwise(kept):
+        a.tb_next = b
+    if kept:
+        kept[-1].tb_next = None
+    return kept[0] if kept else None
+
+
 class Engine:
     """One persistent IPython shell. Not thread-safe: one caller at a time."""
 
@@ -197,6 +220,7 @@ class Engine:
         self.shell._showtraceback = self._showtraceback
         self._full_showtraceback = self.shell.showtraceback
         self.shell.showtraceback = self._showtraceback_fast_interrupts
+        self.shell.system = self._system
         self._baseline = self._printers()
         self._active_types = list(self.shell.display_formatter.active_types)
         self.emit: Emit = lambda _type, _data: None
@@ -219,6 +243,26 @@ class Engine:
             if not f.enabled or f.type_printers.get(t) is not self._baseline.get((mime, t)):
                 return False
         return True
+
+    def _system(self, cmd: str) -> None:
+        """`!cmd`: `/bin/sh -c cmd` writing to the cell's own stdout and stderr, no terminal.
+
+        Why not IPython's `system`: it runs the command under a pty (pexpect), and a kernel has
+        no pty devices ("out of pty devices"). ipykernel pipes too. `$x`/`{x}` are expanded
+        as IPython does; the exit status lands in `_exit_code`. A refused program (the
+        profile's `run` permission) is said in one line instead of a traceback."""
+        cmd = self.shell.var_expand(cmd, depth=1)
+        try:
+            code = subprocess.call(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL)
+        except PermissionError:
+            print("kerneld: !cmd needs /bin/sh, and the kernel profile's `run` permission "
+                  "does not allow running it", file=sys.stderr)
+            code = 126
+        else:
+            if code == 126:
+                print("kerneld: a program was refused (exit status 126): the kernel profile's "
+                      "`run` permission does not allow it", file=sys.stderr)
+        self.shell.user_ns["_exit_code"] = code
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -282,7 +326,10 @@ class Engine:
         """An interrupt is reported with a plain traceback: the rich one parses the source
         of every file on the stack (100+ ms the first time a numpy frame shows up), and an
         interrupt must land within 100 ms."""
-        etype = (exc_tuple or sys.exc_info())[0]
+        etype, value, trace = exc_tuple or sys.exc_info()
+        if value is not None:  # the user's frames only: never kerneld's own (signal handler,
+            trace = _without_own_frames(trace)  # input hooks) in what the user reads
+            exc_tuple = (etype, value.with_traceback(trace), trace)
         tb = self.shell.InteractiveTB
         if etype is None or not issubclass(etype, KeyboardInterrupt):
             self._full_showtraceback(exc_tuple, *args, **kwargs)
@@ -305,8 +352,15 @@ class Engine:
     def _install_input(self, allow_stdin: bool) -> None:
         if allow_stdin and self.request_input is not None:
             ask = self.request_input
-            builtins.input = lambda prompt="": ask(str(prompt), False)
-            getpass.getpass = lambda prompt="Password: ", stream=None: ask(str(prompt), True)
+
+            def answer(prompt: object, password: bool) -> str:
+                value = ask(str(prompt), password)
+                if value == EOF:
+                    raise EOFError("EOF when reading a line")
+                return value
+
+            builtins.input = lambda prompt="": answer(prompt, False)
+            getpass.getpass = lambda prompt="Password: ", stream=None: answer(prompt, True)
         else:
             builtins.input = _no_stdin
             getpass.getpass = _no_stdin

@@ -45,6 +45,7 @@ import zmq
 
 import sandbox
 from kerneld import protocol as p
+from kerneld.access import Caller
 from kerneld.config import ManagerConfig
 from kerneld.errors import (
     InvalidArgument,
@@ -138,8 +139,7 @@ class KernelManager:
             raise InvalidArgument(f"profile must be a string, not {type(name).__name__}")
         if "/" in name or name.endswith(".toml"):
             if not self.config.allow_profile_paths:
-                raise PermissionDenied(f"profile {_shown(name)}: only profile names are "
-                                       "accepted here, not paths (allow_profile_paths = false)")
+                raise _paths_refused(_shown(name), self.config.profile_dirs)
             if "\0" in name or len(name) > 4096:
                 raise InvalidArgument(f"invalid profile path {_shown(name)}: at most 4096 "
                                       "characters, no NUL")
@@ -154,6 +154,18 @@ class KernelManager:
     def reload_profiles(self) -> None:
         """Forget parsed profiles: new kernels read the files again (running ones keep theirs)."""
         self._profiles.clear()
+
+    def check_profile(self, profile: str | None = None) -> dict[str, Any]:
+        """`kerneld profile check NAME` answered here: the profile a new kernel would get (the
+        same lookup, rules and cache as `create_kernel`) and what this host can enforce of it.
+        Returns {profile, source, report} (`report`: the text `profile_report` prints)."""
+        from kerneld.profiles import profile_report
+        loaded = self.load_profile(profile or self.config.default_profile)
+        report = profile_report(loaded)
+        if not self.config.confine:
+            report += ("\nconfine: false: kernels here are NOT confined by this profile "
+                       "(development mode)")
+        return {"profile": loaded.name, "source": loaded.source, "report": report}
 
     def allocate_uid(self) -> int | None:
         """A kernel uid nobody else uses: not this manager, nor any other manager or daemon on
@@ -214,8 +226,14 @@ class KernelManager:
         env: dict[str, str] | None = None, filesystem: dict[str, Any] | None = None,
         permissions: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
         inactivity_timeout: float | None = None, max_execution_time: float | None = None,
+        *, caller: Caller | None = None,
     ) -> str:
-        """Create a kernel and wait until it is ready; returns its id (SPEC: Kernel ids)."""
+        """Create a kernel and wait until it is ready; returns its id (SPEC: Kernel ids).
+
+        `caller`: who asked, when that is not this program (the daemon passes its client's
+        peer credentials): a requested `filesystem.root` is then opened and checked with the
+        caller's rights (`kerneld.hostdir`), so a request never mounts what its caller could
+        not read or write itself."""
         kernel_id = self._new_id(id, namespace)
         _check_seconds("inactivity_timeout", inactivity_timeout,
                        "0: never; null: the profile's or the configured default")
@@ -233,7 +251,7 @@ class KernelManager:
         options = {"profile": profile or self.config.default_profile, "env": env,
                    "filesystem": filesystem, "permissions": permissions, "limits": limits,
                    "inactivity_timeout": inactivity_timeout,
-                   "max_execution_time": max_execution_time}
+                   "max_execution_time": max_execution_time, "caller": caller}
         kernel = _Kernel(self, kernel_id, namespace, mode, options)
         self._kernels[kernel_id] = kernel
         try:
@@ -277,6 +295,15 @@ class KernelManager:
 
     def get_kernel_ids(self) -> list[str]:
         return list(self._kernels)
+
+    def kernel_record(self, kernel_id: str) -> _Kernel | None:
+        """The record registered under `kernel_id` now (None once destroyed)."""
+        return self._kernels.get(kernel_id)
+
+    def owner_of(self, kernel_id: str) -> str | None:
+        """The principal of the caller that created the kernel (`Caller.principal`), None
+        for this program's own (and root's); KernelNotFound if there is no such kernel."""
+        return self._get(kernel_id).owner
 
     def list_kernels(self, namespace: str | None = None) -> list[dict[str, Any]]:
         return [k.describe() for k in self._kernels.values()
@@ -605,6 +632,18 @@ def _sweep_leftovers(base: str) -> None:
             sandbox.cgroups.sweep(lambda name: _dead_owner(name, "m"))
         except OSError:
             pass
+
+
+def _paths_refused(shown: str, dirs: tuple[str, ...]) -> PermissionDenied:
+    """Why `profile=PATH` is refused here, and how to allow it (a default daemon refuses
+    paths: clients must not bring their own permissions)."""
+    where = f" ({', '.join(dirs)})" if dirs else ""
+    return PermissionDenied(
+        f"profile {shown}: this daemon accepts profile names, not paths "
+        f"(allow_profile_paths = false); copy the file into one of its profile directories"
+        f"{where} and pass its name, or "
+        "set allow_profile_paths = true under [kernels] in the daemon's config "
+        "(KERNELD_KERNELS_ALLOW_PROFILE_PATHS=true) and reload it")
 
 
 def _shown(value: object, limit: int = 64) -> str:

@@ -83,6 +83,7 @@ import zmq
 from kerneld import protocol as p
 from kerneld._ops import OPS, check_args
 from kerneld._service import Notifier, setup_logging
+from kerneld.access import Caller, caller_groups
 from kerneld.config import (
     ConfigError,
     DaemonConfig,
@@ -95,7 +96,9 @@ from kerneld.errors import (
     InternalError,
     InvalidArgument,
     KernelError,
+    KernelNotFound,
     LimitExceeded,
+    PermissionDenied,
 )
 from kerneld.kernels import KernelEvents
 from kerneld.manager import KernelManager
@@ -208,6 +211,7 @@ class Server:
         self._stopping = False
         self._background: list[asyncio.Task[Any]] = []
         self._notify = Notifier.from_env()
+        self._frame: zmq.Frame | None = None  # the last frame of the request being handled
 
     # ================================================================== main
 
@@ -373,13 +377,16 @@ class Server:
             if budget <= 0:
                 break
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                # not copied: the last frame carries the peer's credentials (`_caller`)
+                msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
                 if exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
                     log.error("recv failed error=%s", exc)
                 return
+            self._frame = msg[-1]
+            frames = [frame.bytes for frame in msg]
             budget -= len(frames[-1])
             try:
                 self._on_frames(frames)
@@ -397,6 +404,9 @@ class Server:
         payload = frames[-1]
         if len(frames) != 2:
             size = sum(len(f) for f in frames[1:])
+            # answered with the id of whichever frame holds a request ([request, extra] too)
+            payload = next((f for f in frames[1:9] if len(f) <= p.MAX_REQUEST_BYTES
+                            and p.request_id(f) is not None), payload)
             self._bad(ident, payload, InvalidArgument(
                 f"a request is exactly one frame (got {len(frames) - 1}, {size} bytes)"))
             return
@@ -438,6 +448,8 @@ class Server:
             return
         try:
             check_args(req.op, op, req.args)
+            if self._scoped(ident, req):
+                return
             self._dispatch(ident, req, op.kind)
         except KernelError as exc:
             self._error(ident, req.id, exc)
@@ -454,6 +466,14 @@ class Server:
             future = mgr.submit(**req.args)
             self._count_execution(ident, 1)
             future.add_done_callback(functools.partial(self._answer_done, ident, req.id))
+        elif req.op == "create_kernel":
+            caller = self._caller(groups=True)
+            self._check_profile_access(caller, req.args.get("profile"))
+            log.info("create requested caller=%s profile=%s id=%.64s", caller,
+                     req.args.get("profile") or self.config.manager.default_profile,
+                     req.args.get("id") or "")
+            self._task(self._answer(ident, req.id, req.op,
+                                    mgr.create_kernel(**req.args, caller=caller)))
         elif kind == "async":
             self._task(self._answer(ident, req.id, req.op,
                                     getattr(mgr, req.op)(**req.args)))
@@ -466,6 +486,60 @@ class Server:
             self._task(self._stream(ident, req.id, stream))
         else:
             getattr(self, f"_op_{req.op}")(ident, req.id, **req.args)
+
+    def _caller(self, groups: bool = False) -> Caller:
+        """Who sent the request being handled: on ipc, the peer's SO_PEERCRED, which ZeroMQ
+        reports as the `Peer-Address` property `…:uid:gid:pid`; on tcp, the CURVE key (the
+        ZAP `User-Id`), a caller with no identity on this host. `groups`: also read the
+        caller's supplementary groups (a /proc read: only for what needs them)."""
+        frame = self._frame
+        key = _frame_property(frame, "User-Id")
+        if key:
+            return Caller(None, key=key)
+        fields = (_frame_property(frame, "Peer-Address") or "").rsplit(":", 3)
+        if len(fields) == 4 and all(f.isdigit() for f in fields[1:]):
+            uid, gid, pid = (int(f) for f in fields[1:])
+            return Caller(uid, gid, pid, caller_groups(pid, uid, gid) if groups else ())
+        return Caller(None)
+
+    def _scoped(self, ident: bytes, req: p.Request) -> bool:
+        """A caller other than root sees and acts on the kernels it created only: another's
+        kernel is "not found" (never "access denied", which would tell that it exists), and
+        listing or destroying everything covers its own. True if answered here."""
+        if self._frame is None:
+            return False
+        principal = self._caller().principal
+        if principal is None:
+            return False
+        mgr, args = self.manager, req.args
+        kernel_id = args.get("kernel_id")
+        if kernel_id is not None and mgr.owner_of(kernel_id) != principal:
+            raise KernelNotFound(f"kernel {str(kernel_id)[:64]!r} not found")
+        if req.op not in ("list_kernels", "get_kernel_ids", "destroy_all"):
+            return False
+        mine = {k for k in mgr.get_kernel_ids() if mgr.owner_of(k) == principal}
+        if req.op == "get_kernel_ids":
+            self._ok(ident, req.id, [k for k in mgr.get_kernel_ids() if k in mine])
+            return True
+        listed = [d for d in mgr.list_kernels(args.get("namespace")) if d["id"] in mine]
+        if req.op == "list_kernels":
+            self._ok(ident, req.id, listed)
+        else:
+            self._task(self._answer(ident, req.id, req.op,
+                                    self._destroy([d["id"] for d in listed])))
+        return True
+
+    async def _destroy(self, kernel_ids: list[str]) -> int:
+        await asyncio.gather(*(self.manager.destroy_kernel(k) for k in kernel_ids),
+                             return_exceptions=True)
+        return len(kernel_ids)
+
+    def _check_profile_access(self, caller: Caller, profile: str | None) -> None:
+        """`[access] profiles`: which callers may create kernels with which profile."""
+        name = profile or self.config.manager.default_profile
+        if not self.config.access.allows(caller, name):
+            raise PermissionDenied(f"profile {name!r} is not granted to this caller ({caller}); "
+                                   "see [access] profiles in the daemon's config")
 
     def _admit_execution(self, ident: bytes) -> None:
         limit = self.config.max_queued_executions_per_client
@@ -863,6 +937,15 @@ class Server:
 # ====================================================================== helpers
 
 _encode = p.encode
+
+
+def _frame_property(frame: zmq.Frame | None, name: str) -> str | None:
+    if frame is None:
+        return None
+    try:
+        return frame.get(name)  # type: ignore[no-any-return]
+    except zmq.ZMQError:  # not set for this connection (e.g. User-Id without ZAP)
+        return None
 
 
 def _ok_payload(rid: str, value: Any) -> bytes:

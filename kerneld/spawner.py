@@ -431,8 +431,8 @@ class WorkerHub:
             return
         try:
             msg = p.from_worker_decoder.decode(frames[1])
-        except p.DecodeError as exc:
-            log.warning("malformed message from a worker dropped error=%s", exc)
+        except (p.DecodeError, RecursionError) as exc:  # msgspec recurses into nesting
+            log.warning("malformed message from a worker dropped error=%.200s", exc)
             return
         try:
             sink(msg)

@@ -417,7 +417,14 @@ def _flushing_first(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def call(*args: Any, **kwargs: Any) -> Any:
         _flush_python_streams()
-        return func(*args, **kwargs)
+        try:
+            return func(*args, **kwargs)
+        except PermissionError as exc:  # an exec refused by Landlock/seccomp: say which rule
+            if exc.strerror and "`run`" not in exc.strerror:
+                exc.strerror += " (running programs is limited by the kernel profile's `run` " \
+                                "permission)"
+                exc.args = (exc.errno, exc.strerror)
+            raise
     return call
 
 

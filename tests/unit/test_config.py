@@ -31,7 +31,7 @@ def test_defaults_are_the_embedded_defaults_with_in_process_off() -> None:
     cfg = load_daemon_config(None, env={})
     assert isinstance(cfg, DaemonConfig) and cfg.source is None
     assert cfg.manager.confine is True and cfg.manager.allow_in_process is False
-    assert cfg.manager.mount_roots == ("/srv/kerneld", "/tmp")
+    assert cfg.manager.mount_roots == ("/srv/kerneld",)
     assert cfg.manager.allow_profile_paths is False
     embedded = ManagerConfig()
     assert replace(cfg.manager, allow_in_process=True, profile_dirs=(), mount_roots=None,

@@ -30,7 +30,9 @@ def test_manager_has_every_spec_method():
     params = inspect.signature(KernelManager.create_kernel).parameters
     assert list(params)[1:] == ["id", "namespace", "mode", "profile", "env", "filesystem",
                                 "permissions", "limits", "inactivity_timeout",
-                                "max_execution_time"]
+                                "max_execution_time", "caller"]
+    # who asked, for a front end acting for its users: never a wire argument
+    assert params["caller"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def test_enum_values_are_wire_names():
