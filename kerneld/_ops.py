@@ -70,6 +70,7 @@ OPS: dict[str, Op] = {
                              "detail_level": INT}, "kernel_id", "code"),
     "is_complete": _op("async", {"kernel_id": STR, "code": STR}, "kernel_id", "code"),
     "get_pool_stats": _op("sync", {}),
+    "check_profile": _op("sync", {"profile": OPT_STR}),
     "subscribe": _op("local", {"kernel_id": STR, "event_type": STR}, "kernel_id", "event_type"),
     "unsubscribe": _op("local", {"subscription": STR}, "subscription"),
     "status": _op("local", {}),

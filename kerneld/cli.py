@@ -1,25 +1,32 @@
-"""The `kerneld` command line (SPEC.md "CLI").
+"""The `kerneld` command line (SPEC.md "CLI"; every command and flag: docs/cli.md).
 
     kerneld serve [--config FILE]                     the daemon, in the foreground
-    kerneld run [--profile P] (-c CODE | FILE)        one-shot: fresh kernel, live output
-    kerneld create [--profile P] [--namespace NS] [--id ID] [--env K=V ...]   prints the id
-    kerneld exec ID (-c CODE | FILE)
+    kerneld run [KERNEL OPTIONS] [-n] (-c CODE | FILE)   one-shot: fresh kernel, live output
+    kerneld create [KERNEL OPTIONS] [--namespace NS] [--id ID]                prints the id
+    kerneld exec ID [-n] (-c CODE | FILE)
+    kerneld attach ID [--until-idle]                  watch a kernel's cells from elsewhere
     kerneld ls [--namespace NS] [--json]
     kerneld destroy (ID | --all [--namespace NS])
     kerneld interrupt ID | restart ID
     kerneld status [--json]
-    kerneld profile check FILE|NAME
+    kerneld profile check FILE|NAME [--config FILE]
     kerneld version | bench [ARGS...]
+
+KERNEL OPTIONS (`kerneld._cli_options`): --profile, --env, --mount DIR[:POINT][:ro],
+--memory, --cpus, --limit K=V, --allow-read/write/net/env/run/sys, --deny-*, --permission
+K=V, --inactivity-timeout, --max-execution-time. `run`/`exec` answer `input()` from stdin and
+interrupt the kernel on Ctrl-C (`kerneld._cli_exec`).
 
 Global options (before or after the command): `--address` (default `$KERNELD_ADDRESS`, else
 the default endpoint) and `--debug` (tracebacks and debug logs). Errors are one line on stderr
 and a non-zero exit status: 1 for errors (and for code that raised), 2 for usage errors,
 78 for a bad daemon configuration, 130 after Ctrl-C.
 
-`run` uses the daemon when one answers at the address; otherwise it runs the code in an
-embedded `KernelManager` built from the same configuration the daemon would use
-(`$KERNELD_CONFIG` if set, else the built-in defaults, then `KERNELD_*` variables), so
-`kerneld run -c 'print(1)'` works on a machine with no daemon.
+`run` and `profile check NAME` use the daemon when one answers at the address; otherwise
+`run` runs the code in an embedded `KernelManager` built from the same configuration the
+daemon would use (`$KERNELD_CONFIG` if set, else the built-in defaults, then `KERNELD_*`
+variables), so `kerneld run -c 'print(1)'` works on a machine with no daemon, and `profile
+check` reads that configuration's profile directories.
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable
 from typing import Any
 
+from kerneld._cli_exec import Stdin, attach, follow
+from kerneld._cli_options import Usage, add_kernel_options, kernel_options
 from kerneld.errors import DaemonUnavailable, InvalidArgument, KernelError
 
 EX_CONFIG = 78
@@ -58,8 +68,7 @@ def render_event(event: Any, out: Any = None, err: Any = None) -> None:
         err.write(f"[kerneld: execution stalled after {data.get('actual_runtime', 0):.1f} s]\n")
         err.flush()
     elif kind == "input_request":
-        err.write(f"[kerneld: input requested: {data.get('prompt', '')!r}; stdin is not "
-                  "connected]\n")
+        err.write(f"[kerneld: input requested: {data.get('prompt', '')!r}]\n")
         err.flush()
 
 
@@ -123,28 +132,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(config, load))
 
 
-def _stream_to_terminal(events: Iterable[Any]) -> None:
-    for event in events:
-        render_event(event)
+def _stdin(args: argparse.Namespace) -> Stdin:
+    return Stdin.of(args.code is None and args.file == "-", args.no_stdin)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     code = _read_code(args)
+    options = kernel_options(args)
+    stdin = _stdin(args)
     try:
         client = _client(args, connect_timeout=2.0)
     except DaemonUnavailable as exc:
         if args.address or os.environ.get("KERNELD_ADDRESS"):
             print(f"kerneld: {exc}; running an embedded kernel instead", file=sys.stderr)
-        return asyncio.run(_run_embedded(code, args.profile, args.debug))
+        return asyncio.run(_run_embedded(code, options, stdin, args.debug))
     with client:
-        kernel_id = client.create_kernel(profile=args.profile)
+        kernel_id = client.create_kernel(**options)
         try:
-            stream = client.execute_stream(kernel_id, code)
-            _stream_to_terminal(stream)
-            return 0 if stream.result is not None and stream.result.success else 1
-        except KeyboardInterrupt:
-            client.interrupt_kernel(kernel_id)
-            return 130
+            stream = client.execute_stream(kernel_id, code, allow_stdin=True)
+            return follow(client, kernel_id, stream, stdin, render_event)
         finally:
             try:
                 client.destroy_kernel(kernel_id)
@@ -152,43 +158,68 @@ def cmd_run(args: argparse.Namespace) -> int:
                 pass
 
 
-async def _run_embedded(code: str, profile: str | None, debug: bool) -> int:
+async def _run_embedded(code: str, options: dict[str, Any], stdin: Stdin, debug: bool) -> int:
     from kerneld.config import load_daemon_config
     from kerneld.manager import KernelManager
     from kerneld.server import setup_logging
     setup_logging("debug" if debug else "warning")
     config = load_daemon_config(os.environ.get("KERNELD_CONFIG") or None)
     async with KernelManager(config.manager) as manager:
-        kernel_id = await manager.create_kernel(profile=profile)
-        stream = manager.execute_stream(kernel_id, code)
+        kernel_id = await manager.create_kernel(**options)
+        stream = manager.execute_stream(kernel_id, code, allow_stdin=True)
         async for event in stream:
-            render_event(event)
+            if event.type == "input_request":
+                manager.input_reply(kernel_id, await _answer_later(stdin, event))
+            else:
+                render_event(event)
         return 0 if stream.result is not None and stream.result.success else 1
 
 
+async def _answer_later(stdin: Stdin, event: Any) -> str:
+    """stdin's answer, read on a daemon thread so the manager's loop runs on meanwhile (and
+    Ctrl-C does not wait for a line)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def read() -> None:
+        try:
+            value = stdin.answer(str(event.data.get("prompt", "")),
+                                 bool(event.data.get("password")))
+        except BaseException as exc:  # noqa: BLE001  (handed to the loop)
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, value, None)
+
+    threading.Thread(target=read, name="kerneld-stdin", daemon=True).start()
+    return await future
+
+
+def _settle(future: asyncio.Future[str], value: str | None, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(str(value))
+
+
 def cmd_create(args: argparse.Namespace) -> int:
-    env: dict[str, str] = {}
-    for item in args.env or ():
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise InvalidArgument(f"--env expects NAME=VALUE, got {item!r}")
-        env[name] = value
+    options = kernel_options(args)
     with _client(args) as client:
-        print(client.create_kernel(id=args.id, namespace=args.namespace, profile=args.profile,
-                                   env=env or None))
+        print(client.create_kernel(**options))
     return 0
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
     code = _read_code(args)
     with _client(args) as client:
-        stream = client.execute_stream(args.id, code)
-        try:
-            _stream_to_terminal(stream)
-        except KeyboardInterrupt:
-            client.interrupt_kernel(args.id)
-            return 130
-        return 0 if stream.result is not None and stream.result.success else 1
+        stream = client.execute_stream(args.id, code, allow_stdin=True)
+        return follow(client, args.id, stream, _stdin(args), render_event)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return attach(client, args.id, args.until_idle, render_event)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -197,11 +228,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(kernels, indent=2))
         return 0
-    rows = [("ID", "STATUS", "PROFILE", "MODE", "PID", "EXECS", "MEMORY", "CREATED")]
+    rows = [("ID", "STATUS", "PROFILE", "MODE", "PID", "EXECS", "MEMORY", "CREATED",
+             "DESCRIPTION")]
     for k in kernels:
         rows.append((k["id"], k["status"], str(k["profile"]), k["mode"], str(k["pid"] or "-"),
                      str(k["execution_count"]), _size(k.get("memory_bytes")),
-                     str(k["created"])[:19].replace("T", " ")))
+                     str(k["created"])[:19].replace("T", " "),
+                     _first_line(k.get("profile_description"), 60)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -210,9 +243,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     if (args.id is None) == (not args.all):
-        raise _Usage("destroy needs a kernel ID or --all (not both)")
+        raise Usage("destroy needs a kernel ID or --all (not both)")
     if args.namespace and not args.all:
-        raise _Usage("--namespace goes with --all")
+        raise Usage("--namespace goes with --all")
     with _client(args) as client:
         if args.all:
             count = client.destroy_all(args.namespace)
@@ -260,14 +293,32 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    """A NAME is checked by the daemon when one answers (its profile directories, its host
+    features); a FILE, `--config`, or no daemon: here, from the local configuration."""
+    name = args.profile
+    if not args.config and "/" not in name and not name.endswith(".toml"):
+        try:
+            client = _client(args, connect_timeout=2.0)
+        except DaemonUnavailable as exc:
+            if args.address or os.environ.get("KERNELD_ADDRESS"):
+                print(f"kerneld: {exc}; checking the local configuration instead",
+                      file=sys.stderr)
+        else:
+            with client:
+                answer = client.check_profile(name)
+            print(str(answer["report"]).rstrip("\n"))
+            print(f"checked by: the daemon at {client.address}")
+            return 0
     import sandbox
     from kerneld.config import load_daemon_config
     from kerneld.profiles import load_profile, profile_report
-    config = load_daemon_config(args.config or os.environ.get("KERNELD_CONFIG") or None)
-    profile = load_profile(args.profile, config.manager.profile_dirs)
+    config_file = args.config or os.environ.get("KERNELD_CONFIG") or None
+    config = load_daemon_config(config_file)
+    profile = load_profile(name, config.manager.profile_dirs)
     probe = getattr(sandbox, "probe", None)
     features = probe() if callable(probe) else None
     print(profile_report(profile, features).rstrip("\n"))
+    print(f"checked by: this process (config: {config_file or 'built-in defaults'})")
     return 0
 
 
@@ -294,10 +345,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ====================================================================== parsing
 
 
-class _Usage(Exception):
-    pass
-
-
 def _size(value: Any) -> str:
     if not isinstance(value, int | float):
         return "-"
@@ -307,6 +354,11 @@ def _size(value: Any) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return "-"
+
+
+def _first_line(text: Any, width: int) -> str:
+    line = str(text or "").strip().split("\n", 1)[0]
+    return line if len(line) <= width else line[:width - 1] + "…"
 
 
 def _duration(seconds: float) -> str:
@@ -321,6 +373,9 @@ def _code_args(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("-c", dest="code", metavar="CODE", help="the code to run")
     group.add_argument("file", nargs="?", metavar="FILE", help="a file of code ('-': stdin)")
+    p.add_argument("-n", "--no-stdin", action="store_true",
+                   help="do not answer input() from stdin: it gets end-of-file (by default "
+                        "a line of stdin, a terminal or a pipe, answers each input())")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,18 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", cmd_serve, "run the daemon in the foreground")
     p.add_argument("--config", metavar="FILE",
                    help="TOML config file (default: $KERNELD_CONFIG, else built-in defaults)")
-    p = add("run", cmd_run, "run code in a fresh kernel and print its output")
-    p.add_argument("--profile", help="permission profile (default: the configured default)")
+    p = add("run", cmd_run, "run code in a fresh kernel, print its output, destroy it "
+                            "(Ctrl-C interrupts the code)")
     _code_args(p)
+    add_kernel_options(p, naming=False)
     p = add("create", cmd_create, "create a kernel and print its id")
-    p.add_argument("--profile")
-    p.add_argument("--namespace")
-    p.add_argument("--id")
-    p.add_argument("--env", action="append", metavar="K=V",
-                   help="environment variable for the kernel (repeatable)")
-    p = add("exec", cmd_exec, "run code in an existing kernel")
+    add_kernel_options(p, naming=True)
+    p = add("exec", cmd_exec, "run code in an existing kernel (Ctrl-C interrupts the kernel)")
     p.add_argument("id", metavar="ID")
     _code_args(p)
+    p = add("attach", cmd_attach, "print a kernel's output as its cells run, whoever runs "
+                                  "them (Ctrl-C detaches)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--until-idle", action="store_true",
+                   help="stop once no execution is running or queued (at once if idle)")
     p = add("ls", cmd_ls, "list kernels")
     p.add_argument("--namespace")
     p.add_argument("--json", action="store_true")
@@ -374,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = psub.add_parser("check", parents=[common],
                             help="the effective policy and what this host can enforce")
     check.add_argument("profile", metavar="FILE|NAME")
-    check.add_argument("--config", metavar="FILE", help="daemon config (for profile dirs)")
+    check.add_argument("--config", metavar="FILE",
+                       help="check locally with this daemon config's profile dirs (default: "
+                            "ask the daemon if one answers, else $KERNELD_CONFIG)")
     add("version", cmd_version, "print the version")
     p = add("bench", cmd_bench, "benchmarks against ipykernel (see bench/); arguments after "
                                 "`bench` go to the harness (`kerneld bench --help`)")
@@ -402,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     args.debug = getattr(args, "debug", False)
     try:
         return int(args.func(args))
-    except _Usage as exc:
+    except Usage as exc:
         parser.error(str(exc))
     except KernelError as exc:
         if args.debug:

@@ -5,8 +5,8 @@ code written against the embedded manager runs against a daemon. Differences, al
 network in between: every `AsyncClient` method that reaches the daemon is a coroutine (also
 those that are plain methods on the manager, such as `list_kernels` or `get_kernel`), except
 `execute_stream`, which returns an async iterator at once as the manager's does; a stream's
-`execution_id` is known from its first event on; relative `filesystem.root` paths are made
-absolute on the client's side; event callbacks of the sync `Client` run on its background
+`execution_id` is known from its first event on; relative `filesystem.root` and profile
+paths are made absolute on the client's side; event callbacks of the sync `Client` run on its background
 thread.
 
 Process model: `AsyncClient` owns one ZeroMQ DEALER socket, bound to the event loop it first
@@ -320,6 +320,7 @@ class AsyncClient:
         if isinstance(filesystem, dict) and isinstance(filesystem.get("root"), str | os.PathLike):
             filesystem = {**filesystem, "root": os.path.abspath(
                 os.path.expanduser(os.fspath(filesystem["root"])))}
+        profile = _profile_arg(profile)
         args = _given(id=id, namespace=namespace, mode=str(getattr(mode, "value", mode)),
                       profile=profile, env=env, filesystem=filesystem, permissions=permissions,
                       limits=limits, inactivity_timeout=inactivity_timeout,
@@ -437,6 +438,11 @@ class AsyncClient:
 
     async def get_pool_stats(self) -> dict[str, Any]:
         return dict(await self._request("get_pool_stats", {}))
+
+    async def check_profile(self, profile: str | None = None) -> dict[str, Any]:
+        """What `kerneld profile check` prints, from the daemon: {profile, source, report}
+        for the profile a new kernel would get (default: the daemon's default profile)."""
+        return dict(await self._request("check_profile", _given(profile=_profile_arg(profile))))
 
     # ---------------------------------------------------------------- daemon-only
 
@@ -635,6 +641,7 @@ class Client:
     inspect = _sync(AsyncClient.inspect)
     is_complete = _sync(AsyncClient.is_complete)
     get_pool_stats = _sync(AsyncClient.get_pool_stats)
+    check_profile = _sync(AsyncClient.check_profile)
     status = _sync(AsyncClient.status)
     ping = _sync(AsyncClient.ping)
 
@@ -752,6 +759,16 @@ async def _close(events: AsyncIterator[p.KernelEvent]) -> None:
 def _given(**args: Any) -> dict[str, Any]:
     """Only the arguments the caller set (the daemon applies the manager's defaults)."""
     return {k: v for k, v in args.items() if v is not None}
+
+
+def _profile_arg(profile: str | os.PathLike[str] | None) -> str | None:
+    """A profile path is the client's (made absolute here, as `filesystem.root` is); a name
+    goes as it is."""
+    if isinstance(profile, os.PathLike):
+        profile = os.fspath(profile)
+    if isinstance(profile, str) and ("/" in profile or profile.endswith(".toml")):
+        return os.path.abspath(os.path.expanduser(profile))
+    return profile
 
 
 def _call_listener(callback: Listener, event: p.KernelEvent) -> None:

@@ -45,6 +45,7 @@ ALLOWED_ERRORS: dict[str, frozenset[str]] = {
     "restart_kernel": COMMON | {"KernelStartError", "SandboxUnavailable"},
     "complete": KNF | {"KernelError"}, "inspect": KNF | {"KernelError"},
     "is_complete": KNF | {"KernelError"},
+    "check_profile": COMMON | {"ProfileError", "PermissionDenied"},
     **{op: COMMON for op in ("destroy_all", "list_kernels", "get_kernel_ids", "get_pool_stats",
                              "status", "ping", "interrupt_kernel", "ping_kernel",
                              "set_inactivity_timeout", "unsubscribe")},
