@@ -34,8 +34,6 @@ KNOWN: dict[str, Known] = {k.item: k for k in (
     Known("long-profile", "issue 11: profile names longer than NAME_MAX answer InternalError, "
                           "being fixed"),
     Known("timeouts", "issue 11: NaN/inf/negative timeouts are accepted, being fixed"),
-    Known("multi-frame", "issue 11: multi-frame requests whose last frame has no readable id "
-                         "are not answered, being fixed"),
     # found by these fuzzers (reported with issue 11), not yet fixed
     Known("hub-deep-nesting", "found by the hub fuzzer: a worker message nested >= ~990 levels "
                               "raises RecursionError out of WorkerHub._drain (a traceback logged "

@@ -101,6 +101,22 @@ def test_several_frames_are_refused(raw: zmq.Socket[bytes]) -> None:
     _still_serves(raw)
 
 
+@pytest.mark.parametrize("shape", ["request-first", "empty-delimiter", "three-frames"])
+def test_several_frames_are_answered_whichever_holds_the_request(raw: zmq.Socket[bytes],
+                                                                  shape: str) -> None:
+    """Issue 16 item 9: the id used to be read from the last frame only, so [request, extra]
+    got no reply at all and the client hung."""
+    req = _request("ping", id=f"mf-{shape}")
+    frames = {"request-first": [req, b"extra"], "empty-delimiter": [b"", req],
+              "three-frames": [b"junk", req, b"\xc1 more junk"]}[shape]
+    raw.send_multipart(frames)
+    reply = _reply(raw)
+    assert reply.id == f"mf-{shape}" and not reply.ok
+    assert reply.error["type"] == "InvalidArgument"
+    assert "a request is exactly one frame" in reply.error["message"]
+    _still_serves(raw)
+
+
 def test_oversized_requests(raw: zmq.Socket[bytes], daemon: Daemon) -> None:
     big = _request("execute", {"kernel_id": "x", "code": "#" * (p.MAX_REQUEST_BYTES + 100)},
                    id="big")
