@@ -13,7 +13,7 @@ Checked, in README.md, docs/*.md and bench/README.md:
   the repository and are not checked.
 
 The files kerneld ships for users to read (etc/kerneld.toml, the profiles, the systemd unit)
-get the bare-reference check too.
+get the bare-reference check too, and README.md links every page of docs/.
 """
 
 from __future__ import annotations
@@ -150,6 +150,15 @@ def test_doc_links_stay_inside_the_repository(doc: Path) -> None:
 def test_shipped_files_refer_to_docs_in_the_repository(path: Path) -> None:
     found = problems(path, markdown=False)
     assert not found, "references that lead nowhere a user has:\n" + "\n".join(found)
+
+
+def test_every_doc_is_listed_in_the_readme() -> None:
+    """A page of docs/ that README.md does not link is one no user finds."""
+    readme = _prose((ROOT / "README.md").read_text())
+    linked = {m.group(1).partition("#")[0] for m in _LINK.finditer(readme)}
+    missing = [f"docs/{d.name}" for d in sorted((ROOT / "docs").glob("*.md"))
+               if f"docs/{d.name}" not in linked]
+    assert not missing, f"README.md's Documentation list lacks {missing}"
 
 
 # ---------------------------------------------------------------------- the checker itself
