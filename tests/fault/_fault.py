@@ -44,11 +44,15 @@ confined = [pytest.mark.sandbox,
 
 
 def zygote_of(daemon: Daemon) -> psutil.Process:
+    """The daemon's zygote. Not merely a child with the zygote's command line: once a zygote
+    has died, the workers it forked (same command line) are the daemon's children too; only
+    the zygote reads a pipe from the daemon (a worker's stdin is /dev/null)."""
     for child in psutil.Process(daemon.pid).children():
         try:
-            if "kerneld.zygote" in " ".join(child.cmdline()):
+            if ("kerneld.zygote" in " ".join(child.cmdline())
+                    and os.readlink(f"/proc/{child.pid}/fd/0").startswith("pipe:")):
                 return child
-        except psutil.Error:
+        except (psutil.Error, OSError):
             continue
     raise AssertionError("the daemon has no zygote")
 
