@@ -152,7 +152,8 @@ class FuzzDaemon:
         self.crashes: list[str] = []
         self.found: list[str] = []            # every problem of every failing example
         self.watch_figures: list[dict[str, Any]] = []
-        self.history: collections.deque[tuple[float, str]] = collections.deque(maxlen=400)
+        self.history: collections.deque[tuple[float, float, str]] = collections.deque(
+            maxlen=400)  # (wall start, wall end, summary) of the last examples
         self.slowest: list[tuple[float, str]] = []
         self.rss_first: int | None = None
         self.fds_first: int | None = None
@@ -203,14 +204,15 @@ class FuzzDaemon:
     # ------------------------------------------------------------------ one example
 
     def run_requests(self, reqs: list[Req]) -> None:
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         try:
             self._run_requests(reqs)
         finally:
-            self._timed(t0, "; ".join(r.summary() for r in reqs))
+            self._timed(t0, wall, "; ".join(r.summary() for r in reqs))
 
-    def _timed(self, t0: float, what: str) -> None:
+    def _timed(self, t0: float, wall: float, what: str) -> None:
         took = time.monotonic() - t0
+        self.history.append((wall, time.time(), what[:300]))
         self.slowest.append((took, what[:300]))
         self.slowest.sort(key=lambda s: -s[0])
         del self.slowest[5:]
@@ -242,7 +244,6 @@ class FuzzDaemon:
                          Req(req.op, args, req.v, rid)))
             if req.op == "subscribe":
                 last_sub = rid
-        self.history.append((time.time(), "; ".join(e.what for e, _, _ in sent)))
         self.stats.examples["requests"] += 1
         problems += self._settle([e.rid for e, _, _ in sent])
         for entry, exp, _ in sent:
@@ -256,11 +257,11 @@ class FuzzDaemon:
         self._verdict(problems, [e.what for e, _, _ in sent])
 
     def run_raw(self, case: RawCase) -> None:
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         try:
             self._run_raw(case)
         finally:
-            self._timed(t0, case.summary())
+            self._timed(t0, wall, case.summary())
 
     def _run_raw(self, case: RawCase) -> None:
         led, problems = self.ledger, []
@@ -280,7 +281,6 @@ class FuzzDaemon:
             self.stats.set_aside[known] += 1
             return
         what = case.summary()
-        self.history.append((time.time(), what))
         self.stats.examples["raw"] += 1
         if max(map(len, frames)) > 2 * p.MAX_REQUEST_BYTES:
             self._verdict(self._oversize(frames, what), [what])
@@ -289,14 +289,9 @@ class FuzzDaemon:
             led.register(Entry(rid, what, None, must_answer=False, group=embedded))
         led.send(frames)
         sentinel = led.call("ping", timeout=10)
-        answerable = [r for r in readable if r is not None]
-        if len(frames) > 1:
-            answerable = answerable[-1:]  # the protocol promises an answer when the last has one
-        if answerable:
-            led.wait(answerable, 5.0)
-            if not any(led.entries[r].reply is not None for r in embedded):
-                problems.append(f"{what}: no reply, though the id {answerable[-1]!r:.40} "
-                                "can be read")
+        answerable = [r for r in readable if r is not None]  # one reply, with one of them
+        if answerable and not led.wait_any(embedded, 5.0):
+            problems.append(f"{what}: no reply, though the id {answerable[-1]!r:.40} can be read")
         for rid in embedded:
             reply = led.entries[rid].reply
             if reply is not None and error_type(reply) == "InternalError":
@@ -472,8 +467,9 @@ class FuzzDaemon:
         """What the fuzzer was sending around each slow ping."""
         out = []
         for wall, ms in slow[:5]:
-            near = [s for t, s in self.history if wall - 1.0 <= t <= wall + 0.2]
-            out.append(f"{ms:.0f} ms at {wall:.3f}: " + (" || ".join(near[-3:])[:600] or "?"))
+            near = [s for a, b, s in self.history if a - 0.05 <= wall <= b + 0.05]
+            out.append(f"{ms:.0f} ms at {wall:.3f}: "
+                       + (" || ".join(near[-3:])[:600] or "between examples"))
         return out
 
 

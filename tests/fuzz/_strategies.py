@@ -380,7 +380,7 @@ def _one_frame(draw: st.DrawFn) -> RawCase:
         return RawCase(f"bad_utf8-{where}", build)
     if kind == "args_type":
         args = draw(st.one_of(SCALARS, st.lists(ANY, max_size=3),
-                              st.dictionaries(st.integers(), ANY, min_size=1, max_size=2)))
+                              st.dictionaries(INTS, ANY, min_size=1, max_size=2)))
         return RawCase(kind, lambda ids: [_request_bytes(next(ids), "ping", args)])
     if kind == "empty":
         return RawCase(kind, lambda ids: [b""])

@@ -170,6 +170,15 @@ class Ledger:
             missing = [r for r in missing if self.entries[r].reply is None]
         return missing
 
+    def wait_any(self, rids: list[str], timeout: float) -> bool:
+        """Pump until one of `rids` has its reply (the frames of one message); whether one has."""
+        deadline = time.monotonic() + timeout
+        while not any(self.entries[r].reply is not None for r in rids):
+            if time.monotonic() >= deadline:
+                return False
+            self.pump(min(0.05, max(0.0, deadline - time.monotonic())))
+        return True
+
     def _problem(self, text: str) -> None:
         self.problems.append(text)
 

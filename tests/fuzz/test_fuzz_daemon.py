@@ -212,7 +212,7 @@ def _notify_blocks(fz: FuzzDaemon) -> None:
             daemon.signal(signal.SIGHUP)
             time.sleep(0.2)
         try:
-            with kerneld.connect(daemon.address, timeout=3) as client:
+            with kerneld.connect(daemon.address, timeout=1.5, connect_timeout=1.5) as client:
                 answered = client.ping()["pong"]
         except kerneld.DaemonUnavailable:
             answered = False

@@ -32,6 +32,7 @@ import pytest
 import zmq
 from hypothesis import given
 
+import kerneld
 from kerneld import KernelManager
 from kerneld import protocol as p
 from kerneld.config import ManagerConfig
@@ -104,7 +105,9 @@ class Hub:
         sock.connect(self.mt.manager.hub.endpoint)
         return sock
 
-    def create(self, role: str) -> None:
+    def create(self, role: str, tries: int = 3) -> None:
+        """Create V or W (again); a failed create is retried (the host may be short of memory
+        for a moment: fork's ENOMEM was seen once in a 15-minute run on a shared machine)."""
         events = self.mt.events
 
         async def make() -> str:
@@ -114,7 +117,14 @@ class Hub:
             if role == "victim":  # the fuzzer's token speaks for the victim, as its own does
                 mgr.hub.register(self.token, mgr._get(kernel_id).on_message)
             return kernel_id
-        setattr(self, role, self.mt.run(make()))
+        for attempt in range(tries):
+            try:
+                setattr(self, role, self.mt.run(make()))
+                return
+            except kerneld.KernelError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(1.0)
 
     def close(self) -> None:
         self.sock.close()
@@ -223,8 +233,11 @@ def _unread(hub: Hub) -> bool:
     """Whether messages wait in the hub's socket while its loop is idle (a stalled hub)."""
     async def probe() -> bool:
         await asyncio.sleep(0.02)  # let a wake-up that is due run first
-        sock = hub.mt.manager.hub.sock
-        return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        workers = hub.mt.manager.hub
+        stalled = bool(workers.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        if stalled:  # reading EVENTS may take the fd's edge: drain, as the hub's send does
+            workers.loop.call_soon(workers._drain)
+        return stalled
     return bool(hub.mt.run(probe()))
 
 
