@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
 import tempfile
@@ -66,12 +67,17 @@ class ZygoteClient:
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._closing = False
+        self._pidfd = -1  # of the current zygote: readable once it has exited
         self._procs: list[asyncio.subprocess.Process] = []  # every zygote not reaped yet
         self.deaths = 0  # zygotes that died on their own (not closed)
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None and self._reader is not None
+        """Started and not exited. Asked of the zygote's pidfd too: asyncio learns of an exit
+        a moment later (its watcher thread reaps, then tells the loop), and a fork sent to a
+        zygote that has just died in that moment would fail instead of starting a new one."""
+        return (self.proc is not None and self.proc.returncode is None
+                and self._reader is not None and not _readable(self._pidfd))
 
     def unreaped_pids(self) -> set[int]:
         """Zygotes asyncio has still to reap (nobody else may)."""
@@ -103,11 +109,15 @@ class ZygoteClient:
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/",
             limit=p.MAX_WORKER_MESSAGE)
         self._procs.append(self.proc)
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+        self._pidfd = os.pidfd_open(self.proc.pid)  # ours and not reaped yet: the right one
         assert self.proc.stdout is not None
         try:
             header = await asyncio.wait_for(self.proc.stdout.readexactly(4 + 5), timeout=60)
         except (TimeoutError, asyncio.IncompleteReadError) as exc:
             _kill(self.proc)
+            await self.proc.wait()
             raise KernelStartError(f"the zygote failed to start ({self.python}); see the "
                                    "daemon's log for its error") from exc
         if header[4:] != b"ready":
@@ -163,11 +173,12 @@ class ZygoteClient:
         code = await proc.wait()  # reaped: its children have been reparented by now
         if proc is self.proc:
             self._reader = None
+        if not self._closing:
+            self.deaths += 1  # before the pending forks hear of it (the pool counts deaths)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(KernelStartError(f"the zygote exited (code {code})"))
         if not self._closing:
-            self.deaths += 1
             log.warning("zygote exited pid=%s code=%s; its kernels carry on", proc.pid, code)
             try:
                 self.on_exit()
@@ -188,6 +199,13 @@ class ZygoteClient:
             await proc.wait()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+def _readable(fd: int) -> bool:
+    return fd >= 0 and bool(select.select([fd], [], [], 0)[0])
 
 
 class ProcessWatch:
@@ -337,7 +355,7 @@ def child_pids() -> set[int]:
 
 def sweep_ipython_dirs(bases: Iterable[str] | None = None) -> int:
     """Remove the IPYTHONDIRs of zygotes that died while warming up: `kerneld-ipython-<pid>-*`
-    whose pid no longer runs, and unnamed ones (left by older zygotes) older than
+    whose pid no longer runs (gone, or a zombie not reaped yet), and unnamed ones (left by older zygotes) older than
     OLD_IPYTHON_DIR_AGE. A live zygote's is never touched. Returns how many went."""
     removed = 0
     for base in dict.fromkeys(bases if bases is not None else ("/tmp", tempfile.gettempdir())):
@@ -350,7 +368,7 @@ def sweep_ipython_dirs(bases: Iterable[str] | None = None) -> int:
             head, dash, _ = name[len(IPYTHON_DIR_PREFIX):].partition("-")
             try:
                 if dash and head.isdigit():
-                    stale = not os.path.exists(f"/proc/{head}")
+                    stale = process_state(int(head)) in (None, "Z")  # gone, or dead
                 else:  # mkdtemp's suffix has no "-": a directory of the old kind
                     stale = time.time() - os.lstat(path).st_mtime > OLD_IPYTHON_DIR_AGE
             except OSError:

@@ -132,12 +132,13 @@ def test_zygote_sigkill_spares_kernels_and_the_pool_refills() -> None:
             # adopted: the daemon (a child subreaper) is now the parent of workers and inits
             for worker, init in kernels.values():
                 assert parent_of(worker) == d.pid and parent_of(init) == d.pid
-            # a new zygote (the pool refills through it), and creates work
-            wait_until(lambda: client.get_pool_stats()["default"]["idle"] == 2, 30, 0.05)
-            assert zygote_of(d).pid != zygote.pid
+            # creates work (from the pool: its idle workers outlived the zygote too), and the
+            # pool refills through a new zygote
             new = client.create_kernel()
             assert client.execute(new, "1+1").result["data"]["text/plain"] == "2"
             assert client.get_pool_stats()["default"]["served"] == 2
+            wait_until(lambda: client.get_pool_stats()["default"]["idle"] == 2, 30, 0.05)
+            assert zygote_of(d).pid != zygote.pid
             # the dead zygotes' IPYTHONDIRs are swept, a live pid's is kept
             assert not os.path.exists(stale) and os.path.isdir(live)
             # an adopted kernel that dies is reported with its real exit status
