@@ -244,8 +244,8 @@ async def test_ids_namespaces_and_listing(manager: KernelManager):
     other = await manager.create_kernel()
     assert len(other) == 36  # a UUID4
     (info,) = manager.list_kernels("team1")
-    assert set(info) == {"id", "namespace", "mode", "profile", "status", "created", "pid",
-                         "execution_count", "memory_bytes"}
+    assert set(info) == {"id", "namespace", "mode", "profile", "profile_description", "status",
+                         "created", "pid", "execution_count", "memory_bytes"}
     assert info["id"] == kid and info["namespace"] == "team1" and info["mode"] == "worker"
     assert info["status"] == "idle" and info["profile"] == "default"
     assert info["created"].endswith("+00:00") and info["memory_bytes"] > 0

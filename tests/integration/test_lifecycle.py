@@ -68,7 +68,6 @@ async def test_interrupt_within_100ms_and_kernel_survives(manager: KernelManager
 
 
 async def test_restart_keeps_identity_and_clears_state(manager: KernelManager, tmp_path: Path):
-    os.chmod(tmp_path, 0o777)
     kid = await manager.create_kernel(
         id="r1", namespace="ns", env={"KEEP": "me"}, inactivity_timeout=300,
         max_execution_time=100, filesystem={"enabled": True, "root": str(tmp_path),
