@@ -15,6 +15,7 @@ hypothesis can go on shrinking the failing example against a live daemon.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import re
@@ -137,6 +138,7 @@ class Stats:
     raw: collections.Counter[str] = field(default_factory=collections.Counter)
     set_aside: collections.Counter[str] = field(default_factory=collections.Counter)
     kernels_created: int = 0
+    limit_deaths: int = 0  # targets whose own code hit a limit (memory, CPU)
     bytes_sent: int = 0
     unblocked: int = 0
 
@@ -395,6 +397,9 @@ class FuzzDaemon:
         may_remove: set[str] = set()
         may_die: set[str] = set()
         reset_timeout: set[str] = set()
+        ran_code: set[str] = set()
+        unsubscribed = {req.args.get("subscription") for _, exp, req in sent
+                        if exp.dispatched and req.op == "unsubscribe"}
         for entry, exp, req in sent:
             if not exp.dispatched:
                 continue
@@ -410,10 +415,12 @@ class FuzzDaemon:
                     may_remove.add(kid)
             elif req.op == "restart_kernel":
                 may_die.add(kid)
+            elif req.op in ("execute", "execute_stream"):
+                ran_code.add(kid)  # user code may exhaust its kernel's limits
             elif req.op == "subscribe" and entry.subscribed:
                 reply = led.call("unsubscribe", {"subscription": entry.rid})
                 entry.subscribed = False
-                if reply.value is not True:
+                if reply.value is not True and entry.rid not in unsubscribed:
                     problems.append(f"unsubscribe({entry.rid}) answered {reply.value!r:.80}")
         for kernel_id in led.call("get_kernel_ids").value:
             if kernel_id not in TARGETS:
@@ -428,14 +435,33 @@ class FuzzDaemon:
                     problems.append(f"kernel {target} vanished, though nothing removed it")
                 self._create(target)
             elif info["status"] == "dead":
-                if target not in may_die | may_remove:
-                    problems.append(f"kernel {target} died, though nothing killed it: "
-                                    f"{self._death_of(target)}")
+                death = self._death_of(target)
+                by_limit = target in ran_code and ("limit" in death or "memory" in death)
+                if target not in may_die | may_remove and not by_limit:
+                    problems.append(f"kernel {target} died, though nothing killed it: {death}")
+                elif by_limit:
+                    self.stats.limit_deaths += 1
                 led.call("destroy_kernel", {"kernel_id": target})
                 self._create(target)
             elif target in reset_timeout:
                 led.call("set_inactivity_timeout", {"kernel_id": target, "timeout": None})
+        orphans = self.orphans(settle=2.0)
+        if orphans:
+            problems.append(f"worker processes that no kernel owns: {orphans}")
+            for pid in orphans:  # so that the next examples start clean
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(pid).kill()
         return problems
+
+    def ensure_targets(self) -> None:
+        """The target kernels exist and are alive (for tests that run after a failure)."""
+        kernels = {k["id"]: k for k in self.ledger.call("list_kernels").value}
+        for target in TARGETS:
+            info = kernels.get(target)
+            if info is not None and info["status"] == "dead":
+                self.ledger.call("destroy_kernel", {"kernel_id": target})
+            if info is None or info["status"] == "dead":
+                self._create(target)
 
     def _death_of(self, kernel_id: str) -> str:
         lines = [ln for ln in self.daemon.log.splitlines()

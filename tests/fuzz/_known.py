@@ -37,6 +37,12 @@ KNOWN: dict[str, Known] = {k.item: k for k in (
     Known("hub-log-flood", "found by the hub fuzzer: every malformed worker message is logged "
                            "at WARNING, without a rate limit (a kernel can flood the daemon's "
                            "log)", "hub"),
+    Known("question-oom", "found by the daemon fuzzer: is_complete on ~1 MiB of code in ~260,000 "
+                          "short lines drives the worker past the default 512 MiB limit: the "
+                          "out-of-memory killer ends the kernel and its state (a question, not "
+                          "user code)",
+          request=lambda op, args: op == "is_complete" and isinstance(args.get("code"), str)
+          and args["code"].count("\n") >= 150_000),
     Known("notify-blocks", "found by the load run: the daemon's sd_notify sendto blocks, so a "
                            "NOTIFY_SOCKET nobody reads (max_dgram_qlen datagrams queued: ~50 s "
                            "of STATUS= lines) freezes the daemon's event loop for good"),

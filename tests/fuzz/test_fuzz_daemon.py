@@ -96,6 +96,7 @@ def test_the_daemon_held_up(fz: FuzzDaemon) -> None:
             round(growth / 2**20, 1)])
     record(SECTION, "daemon fds (first, max)", [fz.fds_first, ping.get("fds_max")])
     record(SECTION, "bad-request log lines / bad requests", [bad_logged, bad_answered])
+    record(SECTION, "targets ended by their code's limits", fz.stats.limit_deaths)
     record(SECTION, "kernels unblocked (interrupt/input/restart rounds)", fz.stats.unblocked)
     record(SECTION, "slowest examples s", [f"{t:.2f} {w[:120]}" for t, w in fz.slowest])
     record(SECTION, "duration s", round(time.monotonic() - fz.started, 1))
@@ -223,7 +224,24 @@ def _notify_blocks(fz: FuzzDaemon) -> None:
     assert answered, "the daemon froze on an unread notify socket"
 
 
+def _question_oom(fz: FuzzDaemon) -> None:
+    """is_complete of ~1 MiB in 262,000 short lines: an answer, and the kernel alive."""
+    led = fz.ledger
+    reply = led.call("create_kernel", {})
+    assert reply.ok, reply.error
+    kernel_id = reply.value
+    try:
+        reply = led.call("is_complete", {"kernel_id": kernel_id, "code": "a=1\n" * 262_000},
+                         timeout=60)
+        info = led.call("get_kernel", {"kernel_id": kernel_id}).value
+    finally:
+        led.call("destroy_kernel", {"kernel_id": kernel_id})
+    assert info["status"] != "dead", f"is_complete ended the kernel: {fz._death_of(kernel_id)}"
+    assert error_type(reply) in (None, "InvalidArgument", "LimitExceeded"), reply.error
+
+
 REPRODUCERS = {
+    "question-oom": _question_oom,
     "notify-blocks": _notify_blocks,
     "complete-cursor": _complete_cursor, "deep-nesting": _deep_nesting, "info-log": _info_log,
     "newline-names": _newline_names, "long-profile": _long_profile, "timeouts": _timeouts,
@@ -239,5 +257,6 @@ assert {k for k, v in KNOWN.items() if v.where == "daemon"} <= set(REPRODUCERS),
     for item in REPRODUCERS])
 def test_known_defect(fz: FuzzDaemon, item: str) -> None:
     """Each defect the fuzzers set aside, reproduced (strict xfail while it is listed)."""
+    fz.ensure_targets()
     REPRODUCERS[item](fz)
     assert fz.alive()
