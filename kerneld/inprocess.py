@@ -72,12 +72,18 @@ _routers_lock = threading.Lock()
 
 
 def _install_routers() -> tuple[_ThreadRouter, _ThreadRouter]:
+    """The routers in sys.stdout/sys.stderr, put back (around the new stream) if the program
+    replaced either since (contextlib.redirect_stdout, a test runner's capture): a kernel's
+    output would otherwise land in that stream. Called before every request."""
     with _routers_lock:
-        if not _routers:
-            _routers["stdout"] = _ThreadRouter("stdout", sys.stdout)
-            _routers["stderr"] = _ThreadRouter("stderr", sys.stderr)
-            sys.stdout = _routers["stdout"]
-            sys.stderr = _routers["stderr"]
+        for name in ("stdout", "stderr"):
+            current = getattr(sys, name)
+            router = _routers.get(name)
+            if router is None:
+                router = _routers[name] = _ThreadRouter(name, current)
+            elif current is not router:
+                router.original = current
+            setattr(sys, name, router)
         return _routers["stdout"], _routers["stderr"]
 
 
@@ -178,6 +184,7 @@ class _InProcessKernel:
                 if isinstance(msg, p.Shutdown):
                     return
                 with _RUN_LOCK, _kernel_env(self.env):
+                    _install_routers()
                     previous = InteractiveShell._instance
                     InteractiveShell._instance = engine.shell  # display() finds this kernel
                     try:
