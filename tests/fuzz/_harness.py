@@ -29,7 +29,7 @@ import psutil
 from kerneld import protocol as p
 from kerneld._ops import OPS
 from tests._watch import NotifyDrain, Watch, daemon_fds
-from tests.fuzz._known import active, raw_defect, request_defect
+from tests.fuzz._known import active, example_defect, raw_defect, request_defect
 from tests.fuzz._strategies import MOUNT_ROOT, SUBSCRIPTION_REF, TARGETS, RawCase, Req
 from tests.fuzz._wire import Entry, Ledger, error_type, readable_id
 from tests.integration._daemon import Daemon, alive
@@ -224,6 +224,10 @@ class FuzzDaemon:
         seen = len(led.problems)
         sent: list[tuple[Entry, Expect, Req]] = []
         last_sub = "no-subscribe-yet"
+        known = example_defect([(r.op, r.args) for r in reqs])
+        if known and active(known):
+            self.stats.set_aside[known] += 1
+            return
         for req in reqs:
             args = dict(req.args)
             if args.get("subscription") == SUBSCRIPTION_REF:

@@ -30,6 +30,15 @@ class Known:
     request: Callable[[str, dict[str, Any]], bool] | None = None  # (op, args)
     raw: Callable[[int, list[bytes], list[str | None]], bool] | None = None  # depth, frames, ids
     worker: Callable[[list[int]], bool] | None = None  # the nesting depth of each message
+    example: Callable[[list[tuple[str, dict[str, Any]]]], bool] | None = None  # its requests
+
+
+_REMOVERS = ("destroy_kernel", "destroy_all", "force_terminate_kernel")
+
+
+def _restart_and_remove(reqs: list[tuple[str, dict[str, Any]]]) -> bool:
+    ops = {op for op, _ in reqs}
+    return "restart_kernel" in ops and bool(ops.intersection(_REMOVERS))
 
 
 KNOWN: dict[str, Known] = {k.item: k for k in (
@@ -37,6 +46,11 @@ KNOWN: dict[str, Known] = {k.item: k for k in (
     Known("hub-log-flood", "found by the hub fuzzer: every malformed worker message is logged "
                            "at WARNING, without a rate limit (a kernel can flood the daemon's "
                            "log)", "hub"),
+    Known("restart-destroy-orphan", "found by the daemon fuzzer: a destroy_kernel or destroy_all "
+                                    "that arrives while restart_kernel starts the new worker "
+                                    "leaves that worker running, owned by no kernel (4-9 trials "
+                                    "in 10); the restart answers True",
+          example=_restart_and_remove),
     Known("question-oom", "found by the daemon fuzzer: is_complete on ~1 MiB of code in ~260,000 "
                           "short lines drives the worker past the default 512 MiB limit: the "
                           "out-of-memory killer ends the kernel and its state (a question, not "
@@ -65,6 +79,11 @@ def raw_defect(depth: int, frames: list[bytes], readable: list[str | None]) -> s
     """The listed defect a raw message would hit: by its nesting or its frames' ids."""
     return next((k.item for k in KNOWN.values() if k.raw and k.raw(depth, frames, readable)),
                 None)
+
+
+def example_defect(reqs: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """The listed defect a whole example (its requests together) would hit."""
+    return next((k.item for k in KNOWN.values() if k.example and k.example(reqs)), None)
 
 
 def worker_defect(depths: list[int]) -> str | None:
