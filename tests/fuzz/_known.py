@@ -9,7 +9,9 @@ inputs again while the reproducer stays on as a plain regression test.
 
 Retired (fixed; their reproducers stay as regression tests): issue 11's complete-cursor,
 deep-nesting, info-log, newline-names, long-profile, timeouts and multi-frame
-(test_fuzz_daemon.py), and hub-deep-nesting (test_fuzz_hub.py), which these fuzzers found.
+(test_fuzz_daemon.py), and hub-deep-nesting (test_fuzz_hub.py), which these fuzzers found;
+then the defects the long runs found: restart-destroy-orphan, question-oom, notify-blocks
+(test_fuzz_daemon.py) and hub-log-flood (test_fuzz_hub.py).
 """
 
 from __future__ import annotations
@@ -33,33 +35,8 @@ class Known:
     example: Callable[[list[tuple[str, dict[str, Any]]]], bool] | None = None  # its requests
 
 
-_REMOVERS = ("destroy_kernel", "destroy_all", "force_terminate_kernel")
-
-
-def _restart_and_remove(reqs: list[tuple[str, dict[str, Any]]]) -> bool:
-    ops = {op for op, _ in reqs}
-    return "restart_kernel" in ops and bool(ops.intersection(_REMOVERS))
-
-
 KNOWN: dict[str, Known] = {k.item: k for k in (
-    # found by these fuzzers and the load run (reported with issue 11), not yet fixed
-    Known("hub-log-flood", "found by the hub fuzzer: every malformed worker message is logged "
-                           "at WARNING, without a rate limit (a kernel can flood the daemon's "
-                           "log)", "hub"),
-    Known("restart-destroy-orphan", "found by the daemon fuzzer: a destroy_kernel or destroy_all "
-                                    "that arrives while restart_kernel starts the new worker "
-                                    "leaves that worker running, owned by no kernel (4-9 trials "
-                                    "in 10); the restart answers True",
-          example=_restart_and_remove),
-    Known("question-oom", "found by the daemon fuzzer: is_complete on ~1 MiB of code in ~260,000 "
-                          "short lines drives the worker past the default 512 MiB limit: the "
-                          "out-of-memory killer ends the kernel and its state (a question, not "
-                          "user code)",
-          request=lambda op, args: op == "is_complete" and isinstance(args.get("code"), str)
-          and args["code"].count("\n") >= 150_000),
-    Known("notify-blocks", "found by the load run: the daemon's sd_notify sendto blocks, so a "
-                           "NOTIFY_SOCKET nobody reads (max_dgram_qlen datagrams queued: ~50 s "
-                           "of STATUS= lines) freezes the daemon's event loop for good"),
+    # found by these fuzzers and the load run; none listed now
 )}
 
 JUDGE_ALL = os.environ.get("KERNELD_FUZZ_KNOWN", "") not in ("", "0")
