@@ -12,9 +12,12 @@ real level.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import sys
+import time
+from collections.abc import Callable
 from typing import ClassVar
 
 log = logging.getLogger("kerneld.server")
@@ -27,6 +30,8 @@ class Notifier:
         self.address = address
         self.watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
         self._sock: socket.socket | None = None
+        self._dropped = Tally(log, "sd_notify message dropped (the service manager's queue is "
+                                   "full)")
 
     @classmethod
     def from_env(cls) -> Notifier:
@@ -45,12 +50,51 @@ class Notifier:
         target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # non-blocking: a manager that stopped reading (its queue full) must not
+                # freeze the daemon's event loop; the message is dropped instead
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                                           | socket.SOCK_NONBLOCK)
             self._sock.sendto(message.encode(), target)
             return True
+        except BlockingIOError:
+            self._dropped.note(f"address={self.address} message={message.split(chr(10))[0]!r}")
+            return False
         except OSError as exc:
             log.warning("sd_notify failed address=%s error=%s", self.address, exc)
             return False
+
+
+class Tally:
+    """One kind of bad input, counted: a DEBUG line for each occurrence, a WARNING for the
+    first `first`, then at most one WARNING per `interval` seconds carrying the count since the
+    last one (`flush`, from the status loop, writes out a count left pending)."""
+
+    def __init__(self, logger: logging.Logger, what: str, *, first: int = 3,
+                 interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = logger
+        self.what, self.first, self.interval, self.clock = what, first, interval, clock
+        self.total = 0
+        self.pending = 0
+        self.last_warning = -math.inf
+        self.last_detail = ""
+
+    def note(self, detail: str) -> None:
+        self.total += 1
+        self.pending += 1
+        self.last_detail = detail
+        self.log.debug("%s %s", self.what, detail)
+        if self.total <= self.first or self.clock() - self.last_warning >= self.interval:
+            self._warn()
+
+    def flush(self) -> None:
+        if self.pending and self.clock() - self.last_warning >= self.interval:
+            self._warn()
+
+    def _warn(self) -> None:
+        self.log.warning("%s count=%d total=%d last: %s", self.what, self.pending, self.total,
+                    self.last_detail)
+        self.pending = 0
+        self.last_warning = self.clock()
 
 
 class _Formatter(logging.Formatter):

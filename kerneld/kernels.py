@@ -313,6 +313,9 @@ class _Kernel:
             self.created = time.time()
             self.execution_count = 0
             await self.start()
+            if self.manager.kernel_record(self.id) is not self:
+                # destroyed while the new worker started: it must not outlive its kernel
+                raise KernelNotFound(f"kernel {self.id} was destroyed while it restarted")
         except BaseException as exc:
             # the new worker never came up (e.g. its mount was refused): the kernel is dead,
             # not "starting" forever with executions queued behind nothing

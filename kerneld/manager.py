@@ -390,16 +390,19 @@ class KernelManager:
 
     async def complete(self, kernel_id: str, code: str,
                        cursor_pos: int | None = None) -> dict[str, Any]:
+        _introspected("complete", code)
         pos = _cursor(code, cursor_pos)
         return await self._get(kernel_id).ask(lambda r: p.Complete(r, code, pos))
 
     async def inspect(self, kernel_id: str, code: str, cursor_pos: int | None = None,
                       detail_level: int = 0) -> dict[str, Any]:
+        _introspected("inspect", code)
         pos = _cursor(code, cursor_pos)
         return await self._get(kernel_id).ask(
             lambda r: p.Inspect(r, code, pos, int(detail_level)))
 
     async def is_complete(self, kernel_id: str, code: str) -> dict[str, Any]:
+        _introspected("is_complete", code)
         return await self._get(kernel_id).ask(lambda r: p.IsComplete(r, code))
 
     # ------------------------------------------------------------------ events
@@ -664,6 +667,18 @@ def _check_seconds(name: str, value: object, meaning: str) -> None:
             or not math.isfinite(value) or value < 0):
         raise InvalidArgument(f"{name} must be a finite number of seconds >= 0 ({meaning}), "
                               f"got {_shown(value)}")
+
+
+MAX_INTROSPECTED_CODE = 64 * 1024  # characters of code complete/inspect/is_complete take
+
+
+def _introspected(op: str, code: str) -> None:
+    """A question about code is bounded: IPython's transformers and jedi hold hundreds of
+    bytes per character (is_complete on 1 MiB of short lines peaked at 1 GiB, and the kernel
+    was OOM-killed under its memory limit: a question must never end a kernel)."""
+    if isinstance(code, str) and len(code) > MAX_INTROSPECTED_CODE:
+        raise InvalidArgument(f"{op}: code of {len(code)} characters exceeds the limit of "
+                              f"{MAX_INTROSPECTED_CODE} for completion and inspection")
 
 
 def _cursor(code: str, cursor_pos: int | None) -> int:

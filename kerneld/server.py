@@ -53,7 +53,7 @@ zygote that dies leaves its kernels to the daemon, which keeps them (see `kernel
 
 Failure modes: malformed, oversized, wrong-version or unknown requests get an error reply when
 their id can be read (`protocol.request_id`, at any nesting depth), else they are dropped;
-either way a DEBUG line each and a rate-limited WARNING summary (`_Tally`). A reply that cannot
+either way a DEBUG line each and a rate-limited WARNING summary (`Tally`). A reply that cannot
 be encoded becomes InternalError; an unexpected exception is logged with its traceback and
 answered with InternalError, whose message never carries host paths (`_internal`).
 """
@@ -65,7 +65,6 @@ import collections
 import functools
 import grp
 import logging
-import math
 import os
 import re
 import signal
@@ -82,7 +81,7 @@ import zmq
 
 from kerneld import protocol as p
 from kerneld._ops import OPS, check_args
-from kerneld._service import Notifier, setup_logging
+from kerneld._service import Notifier, Tally, setup_logging
 from kerneld.access import Caller, caller_groups
 from kerneld.config import (
     ConfigError,
@@ -122,38 +121,6 @@ _OK, _AGAIN, _GONE = 0, 1, 2
 _RESTART_ONLY = ("runtime_python", "preload", "runtime_dir")
 _DAEMON_RESTART_ONLY = ("address", "tcp_address", "socket_group", "socket_mode",
                         "curve_secret_key_file")
-
-
-class _Tally:
-    """One kind of bad input, counted: a DEBUG line for each occurrence, a WARNING for the
-    first `first`, then at most one WARNING per `interval` seconds carrying the count since the
-    last one (`flush`, from the status loop, writes out a count left pending)."""
-
-    def __init__(self, what: str, *, first: int = 3, interval: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.what, self.first, self.interval, self.clock = what, first, interval, clock
-        self.total = 0
-        self.pending = 0
-        self.last_warning = -math.inf
-        self.last_detail = ""
-
-    def note(self, detail: str) -> None:
-        self.total += 1
-        self.pending += 1
-        self.last_detail = detail
-        log.debug("%s %s", self.what, detail)
-        if self.total <= self.first or self.clock() - self.last_warning >= self.interval:
-            self._warn()
-
-    def flush(self) -> None:
-        if self.pending and self.clock() - self.last_warning >= self.interval:
-            self._warn()
-
-    def _warn(self) -> None:
-        log.warning("%s count=%d total=%d last: %s", self.what, self.pending, self.total,
-                    self.last_detail)
-        self.pending = 0
-        self.last_warning = self.clock()
 
 
 class _Backlog:
@@ -200,9 +167,9 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subs: dict[tuple[bytes, str], tuple[str, str, Callable[[p.KernelEvent], None]]] = {}
         self._subs_by_peer: dict[bytes, set[str]] = {}
-        self._unreadable = _Tally("unreadable message dropped")
-        self._malformed = _Tally("bad request answered")
-        self._slow_subscribers = _Tally("subscriber too slow, event dropped")
+        self._unreadable = Tally(log, "unreadable message dropped")
+        self._malformed = Tally(log, "bad request answered")
+        self._slow_subscribers = Tally(log, "subscriber too slow, event dropped")
         self._backlog: dict[bytes, _Backlog] = {}
         self._backlog_bytes = 0
         self._flush_handle: asyncio.TimerHandle | None = None

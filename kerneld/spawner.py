@@ -42,6 +42,7 @@ import prctl
 import zmq
 
 from kerneld import protocol as p
+from kerneld._service import Tally
 from kerneld.errors import KernelStartError
 
 log = logging.getLogger(__name__)
@@ -409,6 +410,7 @@ class WorkerHub:
         self.sock.bind(self.endpoint)
         os.chmod(socket_path, 0o666)  # its directory (0700) keeps host users out
         self.sinks: dict[bytes, Callable[[Any], None]] = {}
+        self._malformed = Tally(log, "malformed message from a worker dropped")
         self.loop = asyncio.get_running_loop()
         self._drain_scheduled = False
         self.loop.add_reader(self.sock.getsockopt(zmq.FD), self._drain)
@@ -450,7 +452,7 @@ class WorkerHub:
         try:
             msg = p.from_worker_decoder.decode(frames[1])
         except (p.DecodeError, RecursionError) as exc:  # msgspec recurses into nesting
-            log.warning("malformed message from a worker dropped error=%.200s", exc)
+            self._malformed.note(f"error={str(exc)[:200]!r}")  # a kernel cannot flood the log
             return
         try:
             sink(msg)

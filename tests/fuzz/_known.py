@@ -36,7 +36,15 @@ class Known:
 
 
 KNOWN: dict[str, Known] = {k.item: k for k in (
-    # found by these fuzzers and the load run; none listed now
+    # found by the long daemon fuzz run, not yet fixed
+    Known("processes-floor", "found by the daemon fuzzer: limits.processes = 4 is accepted (the "
+                             "documented floor) but no worker lives with it: create_kernel "
+                             "answers ok and the kernel is dead (exit 71) a moment later; with "
+                             "profile networked 1 create in 10 answers InternalError "
+                             "(ProcessLookupError: no such network namespace)",
+          request=lambda op, args: op == "create_kernel"
+          and isinstance(args.get("limits"), dict) and type(args["limits"].get("processes"))
+          is int and args["limits"]["processes"] == 4),
 )}
 
 JUDGE_ALL = os.environ.get("KERNELD_FUZZ_KNOWN", "") not in ("", "0")

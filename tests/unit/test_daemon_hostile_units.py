@@ -14,10 +14,11 @@ import pytest
 
 from kerneld import protocol as p
 from kerneld._ops import OPS, check_args
+from kerneld._service import Tally
 from kerneld.config import ConfigError, load_daemon_config
 from kerneld.errors import InvalidArgument, PermissionDenied
 from kerneld.manager import KernelManager
-from kerneld.server import _internal, _Tally
+from kerneld.server import _internal
 
 # ---------------------------------------------------------------------- the request-id scanner
 
@@ -99,7 +100,7 @@ class _Clock:
 def test_the_tally_warns_a_few_times_then_once_per_interval(
         caplog: pytest.LogCaptureFixture) -> None:
     clock = _Clock()
-    tally = _Tally("bad request answered", first=3, interval=60.0, clock=clock)
+    tally = Tally(logging.getLogger("kerneld.server"), "bad request answered", first=3, interval=60.0, clock=clock)
     with caplog.at_level(logging.DEBUG, logger="kerneld.server"):
         for i in range(1_000):
             tally.note(f"id='r{i}'")
