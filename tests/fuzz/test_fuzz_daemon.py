@@ -259,7 +259,22 @@ def _restart_destroy_orphan(fz: FuzzDaemon) -> None:
     assert not leaked, f"workers left by a restart that a destroy overtook: {leaked}"
 
 
+def _processes_floor(fz: FuzzDaemon) -> None:
+    """limits.processes = 4: refused, or a kernel that runs a cell."""
+    led = fz.ledger
+    reply = led.call("create_kernel", {"limits": {"processes": 4}})
+    if not reply.ok:
+        assert error_type(reply) in ("InvalidArgument", "ProfileError"), reply.error
+        return
+    try:
+        result = led.call("execute", {"kernel_id": reply.value, "code": "6 * 7"}).value
+    finally:
+        led.call("destroy_kernel", {"kernel_id": reply.value})
+    assert result["status"] == "ok", f"{result['error']}; {fz._death_of(reply.value)}"
+
+
 REPRODUCERS = {
+    "processes-floor": _processes_floor,
     "restart-destroy-orphan": _restart_destroy_orphan,
     "question-oom": _question_oom,
     "notify-blocks": _notify_blocks,
