@@ -266,7 +266,9 @@ LIMIT_PARSERS: Mapping[str, Callable[[str, object], Any]] = {
     "memory": lambda w, v: size(w, v, minimum=16 * 1024**2),
     "cpu_seconds": count,
     "wall_seconds": seconds,
-    "processes": lambda w, v: count(w, v, minimum=4),
+    # a worker is ~5 tasks (main, ZeroMQ's I/O and reaper threads, the output threads) and
+    # its init: below 8 it cannot start (at 4 it died at once, exit 71)
+    "processes": lambda w, v: count(w, v, minimum=8),
     "open_files": lambda w, v: count(w, v, minimum=32),
     "file_size": lambda w, v: size(w, v, minimum=1024),
     "disk": lambda w, v: size(w, v, minimum=1024**2),

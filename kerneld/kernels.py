@@ -205,7 +205,11 @@ class _Kernel:
         self.activated_env = dict(policy.env)
         self.send(p.Activate(self.activated_env))  # ahead of any Execute on the same socket
         if confine and policy.net.mode == "proxy":
-            await self._start_proxy()
+            try:
+                await self._start_proxy()
+            except ProcessLookupError:  # the worker died before its network could be set up
+                raise KernelStartError("the worker exited while starting (before its "
+                                       "network proxy could be attached)") from None
 
     async def _start_proxy(self) -> None:
         from kerneld.netproxy import KernelProxy

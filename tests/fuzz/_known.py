@@ -11,7 +11,7 @@ Retired (fixed; their reproducers stay as regression tests): issue 11's complete
 deep-nesting, info-log, newline-names, long-profile, timeouts and multi-frame
 (test_fuzz_daemon.py), and hub-deep-nesting (test_fuzz_hub.py), which these fuzzers found;
 then the defects the long runs found: restart-destroy-orphan, question-oom, notify-blocks
-(test_fuzz_daemon.py) and hub-log-flood (test_fuzz_hub.py).
+(test_fuzz_daemon.py) and hub-log-flood (test_fuzz_hub.py); processes-floor.
 """
 
 from __future__ import annotations
@@ -36,15 +36,7 @@ class Known:
 
 
 KNOWN: dict[str, Known] = {k.item: k for k in (
-    # found by the long daemon fuzz run, not yet fixed
-    Known("processes-floor", "found by the daemon fuzzer: limits.processes = 4 is accepted (the "
-                             "documented floor) but no worker lives with it: create_kernel "
-                             "answers ok and the kernel is dead (exit 71) a moment later; with "
-                             "profile networked 1 create in 10 answers InternalError "
-                             "(ProcessLookupError: no such network namespace)",
-          request=lambda op, args: op == "create_kernel"
-          and isinstance(args.get("limits"), dict) and type(args["limits"].get("processes"))
-          is int and args["limits"]["processes"] == 4),
+    # found by these fuzzers and the load runs: none listed now
 )}
 
 JUDGE_ALL = os.environ.get("KERNELD_FUZZ_KNOWN", "") not in ("", "0")
