@@ -43,7 +43,8 @@ KNF = COMMON | {"KernelNotFound"}
 ALLOWED_ERRORS: dict[str, frozenset[str]] = {
     "create_kernel": COMMON | {"ProfileError", "PermissionDenied", "SandboxUnavailable",
                                "KernelStartError"},
-    "restart_kernel": COMMON | {"KernelStartError", "SandboxUnavailable"},
+    # KernelNotFound: destroyed while it restarted
+    "restart_kernel": KNF | {"KernelStartError", "SandboxUnavailable"},
     "complete": KNF | {"KernelError"}, "inspect": KNF | {"KernelError"},
     "is_complete": KNF | {"KernelError"},
     "check_profile": COMMON | {"ProfileError", "PermissionDenied"},
