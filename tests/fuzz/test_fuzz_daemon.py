@@ -273,7 +273,15 @@ def _processes_floor(fz: FuzzDaemon) -> None:
     assert result["status"] == "ok", f"{result['error']}; {fz._death_of(reply.value)}"
 
 
+def _multi_frame_oversize(fz: FuzzDaemon) -> None:
+    """[a 4 MiB + 20 bytes map with an id, an empty frame]: one reply, with that id."""
+    rid = fz.ledger.fresh_id()
+    big = msgspec.msgpack.encode({"id": rid, "pad": "x" * (p.MAX_REQUEST_BYTES + 8)})
+    assert error_type(_reply(fz, [big, b""], rid)) in ("InvalidArgument", "LimitExceeded")
+
+
 REPRODUCERS = {
+    "multi-frame-oversize": _multi_frame_oversize,
     "processes-floor": _processes_floor,
     "restart-destroy-orphan": _restart_destroy_orphan,
     "question-oom": _question_oom,
