@@ -10,6 +10,7 @@ import psutil
 import pytest
 from _daemon import Daemon
 
+from tests._host import sandbox_missing
 from tests._proc import process_state
 
 CONFINED = """
@@ -24,19 +25,6 @@ POOLED = CONFINED + """
 size = 2
 profiles = ["default"]
 """
-
-
-def sandbox_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    try:
-        import sandbox
-        from kerneld.profiles import load_profile
-        policy = load_profile("default").to_policy(uid=200000, gid=200000)
-        missing = sandbox.check(policy, sandbox.probe())
-    except Exception as exc:  # noqa: BLE001  (an unusable sandbox is a reason to skip)
-        return f"sandbox not usable here: {exc}"
-    return "; ".join(missing) or None
 
 
 confined = [pytest.mark.sandbox,

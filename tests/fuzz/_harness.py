@@ -28,6 +28,7 @@ import psutil
 
 from kerneld import protocol as p
 from kerneld._ops import OPS
+from tests._host import sandbox_missing
 from tests._watch import NotifyDrain, Watch, daemon_fds
 from tests.fuzz._known import active, example_defect, raw_defect, request_defect
 from tests.fuzz._strategies import MOUNT_ROOT, SUBSCRIPTION_REF, TARGETS, RawCase, Req
@@ -52,20 +53,6 @@ ALLOWED_ERRORS: dict[str, frozenset[str]] = {
                              "status", "ping", "interrupt_kernel", "ping_kernel",
                              "set_inactivity_timeout", "unsubscribe")},
 }
-
-
-def sandbox_missing() -> str | None:
-    """Why this host cannot run confined kernels (None: it can)."""
-    if os.geteuid() != 0:
-        return "needs root"
-    try:
-        import sandbox
-        from kerneld.profiles import load_profile
-        policy = load_profile("default").to_policy(uid=200000, gid=200000)
-        missing = sandbox.check(policy, sandbox.probe())
-    except Exception as exc:  # noqa: BLE001  (an unusable sandbox means: fuzz unconfined)
-        return f"sandbox not usable here: {exc}"
-    return "; ".join(missing) or None
 
 
 def config(confine: bool) -> str:

@@ -24,6 +24,7 @@ from _daemon import DEV_CONFIG, MOUNT_ROOT, ROOT, Daemon
 
 import kerneld
 from kerneld.cli import build_parser
+from tests._host import sandbox_missing
 
 KERNELD = str(ROOT / ".venv" / "bin" / "kerneld")
 RST = '''description = "restructured text work: no network"
@@ -327,24 +328,9 @@ mount_roots = ["{MOUNT_ROOT}"]
 """
 
 
-def _sandbox_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    try:
-        import sandbox
-        from kerneld.profiles import load_profile
-        policy = load_profile("default").to_policy(uid=200000, gid=200000)
-        mounted = sandbox.Policy(uid=64000, gid=64000,
-                                 mounts=(sandbox.Mount("/x", "/home/kernel"),))
-        features = sandbox.probe()
-        missing = [*sandbox.check(policy, features), *sandbox.check(mounted, features)]
-    except Exception as exc:  # noqa: BLE001  (an unusable sandbox is a reason to skip)
-        return f"sandbox not usable here: {exc}"
-    return "; ".join(missing) or None
-
-
 @pytest.mark.sandbox
-@pytest.mark.skipif(_sandbox_missing() is not None, reason=str(_sandbox_missing()))
+@pytest.mark.skipif(sandbox_missing(mount=True) is not None,
+                    reason=str(sandbox_missing(mount=True)))
 def test_create_flags_in_a_confined_kernel() -> None:
     """With confinement, --mount is a real read-only bind mount and the limits are set."""
     d = Daemon(CONFINED)

@@ -17,6 +17,7 @@ import pytest
 from _daemon import Daemon, wait_gone
 
 import kerneld
+from tests._host import sandbox_missing
 
 CONFINED = """
 [daemon]
@@ -27,22 +28,9 @@ preload = []
 """
 
 
-def _sandbox_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    try:
-        import sandbox
-        from kerneld.profiles import load_profile
-        policy = load_profile("default").to_policy(uid=200000, gid=200000)
-        missing = sandbox.check(policy, sandbox.probe())
-    except Exception as exc:  # noqa: BLE001  (an unfinished sandbox is a reason to skip)
-        return f"sandbox not usable here: {exc}"
-    return "; ".join(missing) or None
-
-
 pytestmark = [pytest.mark.sandbox,
-              pytest.mark.skipif(_sandbox_missing() is not None,
-                                 reason=str(_sandbox_missing()))]
+              pytest.mark.skipif(sandbox_missing() is not None,
+                                 reason=str(sandbox_missing()))]
 
 
 @pytest.fixture

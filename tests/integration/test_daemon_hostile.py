@@ -26,6 +26,7 @@ from kerneld import LimitExceeded
 from kerneld import protocol as p
 from kerneld.config import ManagerConfig
 from kerneld.manager import KernelManager
+from tests._host import sandbox_missing
 
 MiB = 1024 * 1024
 SLEEPER = "import time; time.sleep(60)"
@@ -447,21 +448,8 @@ def test_ids_namespaces_and_profile_names_are_checked_up_front(raw: _Raw) -> Non
                     rid="fine").value == "ns.1:fine.id-1_2"
 
 
-def _sandbox_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    try:
-        import sandbox
-        from kerneld.profiles import load_profile
-        policy = load_profile("default").to_policy(uid=200000, gid=200000)
-        missing = sandbox.check(policy, sandbox.probe())
-    except Exception as exc:  # noqa: BLE001  (an unfinished sandbox is a reason to skip)
-        return f"sandbox not usable here: {exc}"
-    return "; ".join(missing) or None
-
-
 @pytest.mark.sandbox
-@pytest.mark.skipif(_sandbox_missing() is not None, reason=str(_sandbox_missing()))
+@pytest.mark.skipif(sandbox_missing() is not None, reason=str(sandbox_missing()))
 def test_a_confined_daemon_refuses_bad_ids_before_making_cgroups() -> None:
     """Where kernels get cgroups, an id ending in a newline used to reach the cgroup
     filesystem (EINVAL) and came back as an InternalError naming the host's cgroup path."""
