@@ -371,9 +371,9 @@ class Server:
         payload = frames[-1]
         if len(frames) != 2:
             size = sum(len(f) for f in frames[1:])
-            # answered with the id of whichever frame holds a request ([request, extra] too)
-            payload = next((f for f in frames[1:9] if len(f) <= p.MAX_REQUEST_BYTES
-                            and p.request_id(f) is not None), payload)
+            # answered with the id of whichever frame holds a request ([request, extra] too;
+            # an oversize one as well, as a single oversize frame is answered LimitExceeded)
+            payload = next((f for f in frames[1:9] if p.request_id(f) is not None), payload)
             self._bad(ident, payload, InvalidArgument(
                 f"a request is exactly one frame (got {len(frames) - 1}, {size} bytes)"))
             return
@@ -460,8 +460,8 @@ class Server:
         ZAP `User-Id`), a caller with no identity on this host. `groups`: also read the
         caller's supplementary groups (a /proc read: only for what needs them)."""
         frame = self._frame
-        key = _frame_property(frame, "User-Id")
-        if key:
+        key = _frame_property(frame, "User-Id") if self._auth is not None else None
+        if key:  # only CURVE (tcp) connections carry one: skipped on an ipc-only daemon
             return Caller(None, key=key)
         fields = (_frame_property(frame, "Peer-Address") or "").rsplit(":", 3)
         if len(fields) == 4 and all(f.isdigit() for f in fields[1:]):

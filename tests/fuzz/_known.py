@@ -11,7 +11,8 @@ Retired (fixed; their reproducers stay as regression tests): issue 11's complete
 deep-nesting, info-log, newline-names, long-profile, timeouts and multi-frame
 (test_fuzz_daemon.py), and hub-deep-nesting (test_fuzz_hub.py), which these fuzzers found;
 then the defects the long runs found: restart-destroy-orphan, question-oom, notify-blocks
-(test_fuzz_daemon.py) and hub-log-flood (test_fuzz_hub.py); processes-floor.
+(test_fuzz_daemon.py) and hub-log-flood (test_fuzz_hub.py); processes-floor and
+multi-frame-oversize.
 """
 
 from __future__ import annotations
@@ -35,21 +36,8 @@ class Known:
     example: Callable[[list[tuple[str, dict[str, Any]]]], bool] | None = None  # its requests
 
 
-_BIG = 4 * 1024 * 1024  # protocol.MAX_REQUEST_BYTES
-
-
-def _id_only_in_big_frames(depth: int, frames: list[bytes], readable: list[str | None]) -> bool:
-    return (len(frames) > 1 and any(readable)
-            and all(len(f) > _BIG for f, r in zip(frames, readable, strict=True) if r))
-
-
 KNOWN: dict[str, Known] = {k.item: k for k in (
-    # found by the long daemon fuzz run, not yet fixed
-    Known("multi-frame-oversize", "found by the daemon fuzzer: a message of several frames whose "
-                                  "only readable id is in a frame over 4 MiB gets no reply "
-                                  "(protocol.md: answered with the id of whichever frame holds "
-                                  "one; a single such frame gets LimitExceeded)",
-          raw=_id_only_in_big_frames),
+    # found by these fuzzers and the load runs: none listed now
 )}
 
 JUDGE_ALL = os.environ.get("KERNELD_FUZZ_KNOWN", "") not in ("", "0")
