@@ -138,6 +138,8 @@ class _Kernel:
         """The kernel's `filesystem.root`, resolved once into a checked, pinned directory (the
         worker mounts exactly that inode; see `kerneld.hostdir`). A root the request names is
         held to `mount_roots` and checked as the caller; one from the profile is the admin's."""
+        if not request and not self.profile.filesystem.enabled:
+            return None  # the common case: nothing to mount, nothing to parse
         fs = self.profile.effective_filesystem(request, self._runtime_prefix())
         if not fs.enabled or fs.root is None:
             return None

@@ -434,7 +434,9 @@ class Server:
             self._count_execution(ident, 1)
             future.add_done_callback(functools.partial(self._answer_done, ident, req.id))
         elif req.op == "create_kernel":
-            caller = self._caller(groups=True)
+            # supplementary groups (a /proc read) only where something can use them
+            caller = self._caller(groups=bool(req.args.get("filesystem")
+                                              or self.config.access.rules))
             self._check_profile_access(caller, req.args.get("profile"))
             log.info("create requested caller=%s profile=%s id=%.64s", caller,
                      req.args.get("profile") or self.config.manager.default_profile,
