@@ -582,6 +582,7 @@ def _sync(method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]
         return cast(R, self._run(getattr(self._async, name)(*args, **kwargs)))
     call.__name__ = call.__qualname__ = name
     call.__doc__ = method.__doc__
+    call.__wrapped__ = method  # type: ignore[attr-defined]  # inspect.signature: its arguments
     return call
 
 
@@ -649,8 +650,11 @@ class Client:
         handle = self._run(self._async.get_kernel(kernel_id))
         return RemoteKernel(self, kernel_id, handle.info)
 
-    def execute_stream(self, kernel_id: str, code: str, **kw: Any) -> SyncExecutionStream:
-        return SyncExecutionStream(self, self._async.execute_stream(kernel_id, code, **kw))
+    def execute_stream(self, kernel_id: str, code: str, *, allow_stdin: bool = False,
+                       silent: bool = False, store_history: bool = True) -> SyncExecutionStream:
+        return SyncExecutionStream(self, self._async.execute_stream(
+            kernel_id, code, allow_stdin=allow_stdin, silent=silent,
+            store_history=store_history))
 
     def close(self) -> None:
         if self._loop.is_closed():

@@ -7,7 +7,7 @@ workers; the daemon only translates requests into manager calls and results into
 Wire: clients connect DEALER sockets to the ROUTER (`ipc://` with file permissions; `tcp://`
 only with CURVE authentication). Each request is one `protocol.Request{v, id, op, args}` frame;
 the daemon answers with zero or more `Event{v, id, event}` frames and exactly one terminal
-`Reply{v, id, ok, value | error}` (docs/protocol.md). Ops are a fixed whitelist (`kerneld._ops`):
+`Reply{v, id, ok, value | error}` (docs/protocol.md). Ops are a fixed whitelist (`kerneld.ops`):
 manager methods with checked keyword arguments, plus subscribe/unsubscribe/status/ping.
 
 I/O: the ROUTER is a plain (non-asyncio) ZeroMQ socket whose notification fd is registered
@@ -64,6 +64,7 @@ import asyncio
 import collections
 import functools
 import grp
+import inspect
 import logging
 import os
 import re
@@ -80,7 +81,6 @@ import psutil
 import zmq
 
 from kerneld import protocol as p
-from kerneld._ops import OPS, check_args
 from kerneld._service import Notifier, Tally, setup_logging
 from kerneld.access import Caller, caller_groups
 from kerneld.config import (
@@ -101,6 +101,7 @@ from kerneld.errors import (
 )
 from kerneld.kernels import KernelEvents
 from kerneld.manager import KernelManager
+from kerneld.ops import OPS, check_args
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +415,7 @@ class Server:
                 f"the daemon is working on {MAX_INFLIGHT} requests already; retry later"))
             return
         try:
-            check_args(req.op, op, req.args)
+            check_args(op, req.args)
             if self._scoped(ident, req):
                 return
             self._dispatch(ident, req, op.kind)
@@ -443,11 +444,12 @@ class Server:
                      req.args.get("id") or "")
             self._task(self._answer(ident, req.id, req.op,
                                     mgr.create_kernel(**req.args, caller=caller)))
-        elif kind == "async":
-            self._task(self._answer(ident, req.id, req.op,
-                                    getattr(mgr, req.op)(**req.args)))
-        elif kind == "sync":
-            self._ok(ident, req.id, getattr(mgr, req.op)(**req.args))
+        elif kind == "call":
+            value = getattr(mgr, req.op)(**req.args)
+            if inspect.isawaitable(value):
+                self._task(self._answer(ident, req.id, req.op, value))
+            else:
+                self._ok(ident, req.id, value)
         elif kind == "stream":
             self._admit_execution(ident)
             stream = mgr.execute_stream(**req.args)

@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 
 from kerneld import protocol as p
-from kerneld._ops import OPS
+from kerneld.ops import OPS
 from tests._host import sandbox_missing
 from tests._watch import NotifyDrain, Watch, daemon_fds
 from tests.fuzz._known import active, example_defect, raw_defect, request_defect

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for kerneld's wire, built from the whitelist (`kerneld._ops.OPS`).
+"""Hypothesis strategies for kerneld's wire, built from the whitelist (`kerneld.ops.OPS`).
 
 - `requests()`: `Request`s for every op, each argument drawn from its valid domain (ids of the
   fuzz daemon's live kernels, code snippets, plausible profile options) or from `anything`
@@ -29,7 +29,7 @@ import msgspec
 from hypothesis import strategies as st
 
 from kerneld import protocol as p
-from kerneld._ops import OPS
+from kerneld.ops import OPS
 
 # Kernels the fuzz daemon keeps alive between examples (recreated when a request removed one).
 TARGETS = ("fz-a", "fz-b", "fzns:fz-c")

@@ -13,11 +13,11 @@ import msgspec
 import pytest
 
 from kerneld import protocol as p
-from kerneld._ops import OPS, check_args
 from kerneld._service import Tally
 from kerneld.config import ConfigError, load_daemon_config
 from kerneld.errors import InvalidArgument, PermissionDenied
 from kerneld.manager import KernelManager
+from kerneld.ops import OPS, check_args
 from kerneld.server import _internal
 
 # ---------------------------------------------------------------------- the request-id scanner
@@ -140,7 +140,7 @@ def test_internal_errors_never_carry_host_paths() -> None:
 def test_unknown_argument_names_are_shown_briefly() -> None:
     args = {f"{i:03d}" + "n" * 1_000: 1 for i in range(50)}
     with pytest.raises(InvalidArgument) as info:
-        check_args("ping", OPS["ping"], args)
+        check_args(OPS["ping"], args)
     assert len(str(info.value)) < 1_000 and "(50 in all)" in str(info.value)
 
 

@@ -10,12 +10,11 @@ import uuid
 
 import pytest
 
-from kerneld import InvalidArgument
-from kerneld._ops import OPS, check_args
 from kerneld._service import Notifier as _Notifier
 from kerneld._service import _Formatter
 from kerneld.cli import render_event
 from kerneld.manager import KernelManager
+from kerneld.ops import OPS
 from kerneld.protocol import KernelEvent
 
 
@@ -28,24 +27,6 @@ def test_every_manager_op_exists_on_the_manager_and_the_clients() -> None:
             assert callable(getattr(AsyncClient, name)) and callable(getattr(Client, name))
     for name in ("on_kernel_event", "off_kernel_event", "close"):
         assert callable(getattr(AsyncClient, name)) and callable(getattr(Client, name))
-
-
-def test_check_args() -> None:
-    op = OPS["execute"]
-    check_args("execute", op, {"kernel_id": "k", "code": "1", "silent": True})
-    with pytest.raises(InvalidArgument, match=r"execute: unknown arguments a, b \(accepted: "):
-        check_args("execute", op, {"kernel_id": "k", "code": "1", "b": 1, "a": 2})
-    with pytest.raises(InvalidArgument, match="missing required argument code"):
-        check_args("execute", op, {"kernel_id": "k"})
-    with pytest.raises(InvalidArgument, match="argument code must be str, not int"):
-        check_args("execute", op, {"kernel_id": "k", "code": 1})
-    with pytest.raises(InvalidArgument, match="allow_stdin must be bool"):
-        check_args("execute", op, {"kernel_id": "k", "code": "1", "allow_stdin": "yes"})
-    with pytest.raises(InvalidArgument, match="timeout must be int or float or null, not bool"):
-        check_args("set_inactivity_timeout", OPS["set_inactivity_timeout"],
-                   {"kernel_id": "k", "timeout": True})
-    check_args("set_inactivity_timeout", OPS["set_inactivity_timeout"],
-               {"kernel_id": "k", "timeout": None})
 
 
 def test_log_lines_are_plain_and_journal_prefixed() -> None:
