@@ -16,5 +16,5 @@ bench: setup
 	.venv/bin/kerneld bench --quick
 
 lint:
-	.venv/bin/ruff check kerneld sandbox tests
+	.venv/bin/ruff check kerneld sandbox tests bench
 	.venv/bin/mypy

@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kerneld.bench import (
+from kerneld_bench import (
     CHUNK_CODE,
     PRINT_CODE,
     KerneldSide,

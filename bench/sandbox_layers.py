@@ -3,7 +3,7 @@
     .venv/bin/python bench/sandbox_layers.py [--n 100000]
 
 Needs root. Runs the bench's own per-operation loop (`_kb_per_op` of
-`kerneld.bench.workloads.SYSCALL_CODE`, the code kernels run: getpid, stat, a pipe write +
+`kerneld_bench.workloads.SYSCALL_CODE`, the code kernels run: getpid, stat, a pipe write +
 read, open + read + close of a stdlib file under /usr) in this process, unconfined, and in
 children forked from it and confined with `sandbox.apply`: fully, without Landlock, without
 seccomp, and without both. Prints nanoseconds per operation (CPU time, the fastest of 5
@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sandbox
-from kerneld.bench.workloads import SYSCALL_CODE
+from kerneld_bench.workloads import SYSCALL_CODE
 from sandbox import landlock, seccomp
 from sandbox.policy import Limits, Policy
 

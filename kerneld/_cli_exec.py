@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 from kerneld.errors import KernelError, KernelNotFound
 
-EOF = "\x04"  # kerneld.kernel.EOF: input() raises EOFError
+EOF = "\x04"  # kerneld.runtime.engine.EOF: input() raises EOFError
 _END = object()
 POLL_SECONDS = 0.25
 

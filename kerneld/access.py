@@ -4,7 +4,7 @@ The daemon learns its caller from the connection, never from the request: on the
 the kernel's SO_PEERCRED (uid, gid, pid of the connecting process, which ZeroMQ reports as a
 message property), on tcp the client's CURVE public key. A `Caller` then travels with the
 create request: `[access] profiles` decides which profiles it may name, and
-`kerneld.hostdir` opens a requested `filesystem.root` with its rights.
+`kerneld.permissions.hostdir` opens a requested `filesystem.root` with its rights.
 
 Principals in `[access] profiles` (a profile named there is usable only by the principals
 listed; "*" as a profile name sets the rule for every profile not named; root may use every

@@ -108,7 +108,8 @@ def _read_code(args: argparse.Namespace) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from kerneld.config import ConfigError, load_daemon_config
-    from kerneld.server import serve, setup_logging
+    from kerneld.daemon import serve
+    from kerneld.systemd import setup_logging
     path = args.config or os.environ.get("KERNELD_CONFIG") or None
     overrides: dict[str, Any] = {}
     if args.address:
@@ -161,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run_embedded(code: str, options: dict[str, Any], stdin: Stdin, debug: bool) -> int:
     from kerneld.config import load_daemon_config
     from kerneld.manager import KernelManager
-    from kerneld.server import setup_logging
+    from kerneld.systemd import setup_logging
     setup_logging("debug" if debug else "warning")
     config = load_daemon_config(os.environ.get("KERNELD_CONFIG") or None)
     async with KernelManager(config.manager) as manager:
@@ -309,15 +310,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
             print(str(answer["report"]).rstrip("\n"))
             print(f"checked by: the daemon at {client.address}")
             return 0
-    import sandbox
     from kerneld.config import load_daemon_config
-    from kerneld.profiles import load_profile, profile_report
+    from kerneld.permissions import load_profile, profile_report
     config_file = args.config or os.environ.get("KERNELD_CONFIG") or None
     config = load_daemon_config(config_file)
     profile = load_profile(name, config.manager.profile_dirs)
-    probe = getattr(sandbox, "probe", None)
-    features = probe() if callable(probe) else None
-    print(profile_report(profile, features).rstrip("\n"))
+    print(profile_report(profile).rstrip("\n"))  # against this host's sandbox.probe()
     print(f"checked by: this process (config: {config_file or 'built-in defaults'})")
     return 0
 
@@ -329,13 +327,15 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    try:
-        from kerneld import bench
-    except ImportError as exc:
-        if exc.name not in ("kerneld.bench", None):
-            raise
-        raise KernelError("the benchmark harness (kerneld.bench) is not part of this "
-                          "installation yet") from None
+    # the harness is bench/kerneld_bench/ of the source checkout, next to this package
+    bench_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "bench")
+    if not os.path.isfile(os.path.join(bench_dir, "kerneld_bench", "__init__.py")):
+        raise KernelError(f"the benchmarks ship with the source checkout, not with an installed "
+                          f"kerneld (no {bench_dir}/kerneld_bench): run `kerneld bench` from a "
+                          "clone of the repository (an editable install)")
+    sys.path.append(bench_dir)  # last: bench/profile.py must not shadow the stdlib's profile
+    import kerneld_bench as bench
     rest = list(args.bench_args or [])
     if args.address:
         rest = ["--address", args.address, *rest]

@@ -10,10 +10,11 @@ paths are made absolute on the client's side; event callbacks of the sync `Clien
 thread.
 
 Process model: `AsyncClient` owns one ZeroMQ DEALER socket, bound to the event loop it first
-connects on. Its notification fd is registered with `loop.add_reader`; the callback drains
-the socket and routes every frame by request id: a future for plain calls, a queue for streams,
+connects on and drained by `kerneld.zmqio.Drain` (its fd watched with `loop.add_reader`): every
+frame is routed by request id as it is read, to a future for plain calls, a queue for streams,
 a callback for subscriptions (no reader task and no pyzmq futures: one task switch less per
-call). Any number of tasks on that loop may share one client. `Client`
+call). A coroutine callback becomes a task that the client keeps, and cancels and awaits when
+it closes. Any number of tasks on that loop may share one client. `Client`
 runs one private event loop in a background thread and submits the async core's coroutines to
 it, so it can be used from several threads at once.
 
@@ -31,6 +32,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import itertools
+import logging
 import os
 import socket
 import threading
@@ -45,6 +47,7 @@ from zmq.utils.monitor import parse_monitor_message
 from kerneld import protocol as p
 from kerneld.config import client_default_address
 from kerneld.errors import DaemonUnavailable, InvalidArgument, KernelError, LimitExceeded, from_wire
+from kerneld.zmqio import Drain
 
 __all__ = [
     "AsyncClient",
@@ -55,7 +58,10 @@ __all__ = [
     "SyncExecutionStream",
 ]
 
+log = logging.getLogger(__name__)
+
 _DISCONNECT_GRACE = 0.05
+_decode = p.to_client_decoder.decode
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -96,7 +102,9 @@ class AsyncClient:
         self._sock: zmq.Socket[bytes] | None = None
         self._monitor: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._read_scheduled = False
+        self._drains: list[Drain] = []
+        self._reader: Drain | None = None
+        self._listeners: set[asyncio.Future[Any]] = set()  # coroutine callbacks running
         self._pending: dict[str, _Pending] = {}
         self._ids = itertools.count(1)
         self._up: asyncio.Event | None = None
@@ -156,36 +164,30 @@ class AsyncClient:
         self._up = asyncio.Event()
         sock.connect(self.address)
         self._sock = sock
-        loop.add_reader(sock.FD, self._on_readable)
-        loop.add_reader(self._monitor.FD, self._on_monitor)
-        loop.call_soon(self._on_monitor)
+        self._reader = Drain(loop, sock, self._route, multipart=False)
+        self._drains = [self._reader, Drain(loop, self._monitor, self._on_monitor, batch=None)]
 
     def _unavailable(self) -> DaemonUnavailable:
         why = f" ({self._rejected})" if self._rejected else ""
         return DaemonUnavailable(f"no kerneld daemon answers at {self.address}{why}; "
                                  "start one with `kerneld serve` or set $KERNELD_ADDRESS")
 
-    def _on_monitor(self) -> None:
-        monitor, loop = self._monitor, self._loop
-        if monitor is None or loop is None or self._up is None:
-            return
-        while True:
-            try:
-                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))["event"]
-            except (zmq.Again, zmq.ZMQError):
-                return
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._rejected = None
-                self._up.set()
-            elif event == zmq.EVENT_DISCONNECTED:
-                self._up.clear()
-                self._epoch += 1
-                loop.call_later(_DISCONNECT_GRACE, self._fail_before, self._epoch,
-                                f"lost the connection to the daemon at {self.address}")
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._rejected = "the daemon rejected this client's CURVE key"
-            else:
-                self._rejected = "the connection handshake failed (CURVE keys?)"
+    def _on_monitor(self, message: list[bytes]) -> None:
+        loop, up = self._loop, self._up
+        assert loop is not None and up is not None
+        event = parse_monitor_message(message)["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._rejected = None
+            up.set()
+        elif event == zmq.EVENT_DISCONNECTED:
+            up.clear()
+            self._epoch += 1
+            loop.call_later(_DISCONNECT_GRACE, self._fail_before, self._epoch,
+                            f"lost the connection to the daemon at {self.address}")
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self._rejected = "the daemon rejected this client's CURVE key"
+        else:
+            self._rejected = "the connection handshake failed (CURVE keys?)"
 
     def _fail_before(self, epoch: int, message: str) -> None:
         for rid, entry in list(self._pending.items()):
@@ -200,43 +202,42 @@ class AsyncClient:
         if entry.queue is not None:
             entry.queue.put_nowait(exc)
 
-    def _on_readable(self) -> None:
-        """Route every frame waiting on the socket (at most 256 before yielding)."""
-        self._read_scheduled = False
-        sock = self._sock
-        if sock is None:
-            return
-        decode = p.to_client_decoder.decode
-        pending = self._pending
-        for _ in range(256):
-            try:
-                raw = sock.recv(zmq.NOBLOCK)
-            except (zmq.Again, zmq.ZMQError):
-                return
-            try:
-                msg = decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue  # not from a kerneld daemon: ignore
-            entry = pending.get(msg.id)
-            if entry is None:
-                continue  # a call that was abandoned (timeout, cancelled, stream closed)
-            if type(msg) is p.Reply:
-                if entry.callback is None:
-                    del pending[msg.id]
-                if entry.queue is not None:
-                    entry.queue.put_nowait(msg)
-                elif entry.future is not None and not entry.future.done():
-                    entry.future.set_result(msg)
-            elif entry.queue is not None:
+    def _route(self, raw: bytes) -> None:
+        """Hand one frame from the daemon to whoever waits for its request id."""
+        try:
+            msg = _decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return  # not from a kerneld daemon: ignore
+        entry = self._pending.get(msg.id)
+        if entry is None:
+            return  # a call that was abandoned (timeout, cancelled, stream closed)
+        if type(msg) is p.Reply:
+            if entry.callback is None:
+                del self._pending[msg.id]
+            if entry.queue is not None:
+                entry.queue.put_nowait(msg)
+            elif entry.future is not None and not entry.future.done():
+                entry.future.set_result(msg)
+        elif type(msg) is p.Event:
+            if entry.queue is not None:
                 entry.queue.put_nowait(msg.event)
             elif entry.callback is not None:
-                _call_listener(entry.callback, msg.event)
-        self._schedule_read()
+                self._call_listener(entry.callback, msg.event)
 
-    def _schedule_read(self) -> None:
-        if not self._read_scheduled and self._loop is not None:
-            self._read_scheduled = True
-            self._loop.call_soon(self._on_readable)
+    def _call_listener(self, callback: Listener, event: p.KernelEvent) -> None:
+        try:
+            outcome = callback(event)
+            if inspect.isawaitable(outcome):
+                task = asyncio.ensure_future(outcome)
+                self._listeners.add(task)
+                task.add_done_callback(self._listener_done)
+        except Exception:  # a listener's bug must not stop the reader
+            log.exception("event listener failed event=%s", event.type)
+
+    def _listener_done(self, task: asyncio.Future[Any]) -> None:
+        self._listeners.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event listener failed", exc_info=task.exception())
 
     async def _send(self, rid: str, op: str, args: dict[str, Any]) -> None:
         try:
@@ -246,14 +247,13 @@ class AsyncClient:
         if len(payload) > p.MAX_REQUEST_BYTES:
             raise LimitExceeded(f"{op}: request of {len(payload)} bytes exceeds the limit of "
                                 f"{p.MAX_REQUEST_BYTES} bytes")
-        sock = self._sock
-        assert sock is not None and self._up is not None
+        sock, reader = self._sock, self._reader
+        assert sock is not None and reader is not None and self._up is not None
         delay = 0.001
         while True:
             try:
                 sock.send(payload, flags=zmq.NOBLOCK, copy=len(payload) < 65536)
-                if not self._read_scheduled and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                    self._schedule_read()  # the send may have consumed the fd's edge
+                reader.after_send()
                 return
             except zmq.Again:
                 pass
@@ -465,12 +465,19 @@ class AsyncClient:
         for entry in list(self._pending.values()):
             self._fail(entry, DaemonUnavailable("the client was closed"))
         self._pending.clear()
+        for drain in self._drains:
+            drain.close()
+        self._drains, self._reader = [], None
         for sock in (self._sock, self._monitor):
             if sock is not None and not sock.closed:
-                if self._loop is not None and not self._loop.is_closed():
-                    self._loop.remove_reader(sock.FD)
                 sock.close(linger=0)
         self._sock = self._monitor = None
+        current = asyncio.current_task()  # close() awaited by a listener: not itself
+        listeners = [task for task in self._listeners if task is not current]
+        for task in listeners:
+            task.cancel()
+        if listeners:
+            await asyncio.gather(*listeners, return_exceptions=True)
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -773,16 +780,6 @@ def _profile_arg(profile: str | os.PathLike[str] | None) -> str | None:
     if isinstance(profile, str) and ("/" in profile or profile.endswith(".toml")):
         return os.path.abspath(os.path.expanduser(profile))
     return profile
-
-
-def _call_listener(callback: Listener, event: p.KernelEvent) -> None:
-    try:
-        outcome = callback(event)
-        if inspect.isawaitable(outcome):
-            asyncio.ensure_future(outcome)
-    except Exception:  # a listener's bug must not stop the reader
-        import logging
-        logging.getLogger(__name__).exception("event listener failed event=%s", event.type)
 
 
 def _precheck(address: str) -> None:

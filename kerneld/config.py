@@ -5,22 +5,23 @@ settings wrap it: `DaemonConfig`, loaded by `load_daemon_config` with precedence
 defaults < TOML file < `KERNELD_*` environment < command line. Every key is declared once (in
 `_KEYS`) with its parser, so all three sources are validated by the same code and every error
 names where the bad value came from: `file:table.key`, `env:KERNELD_X` or `command line:table.key`.
-Unknown tables and keys in a file are errors. docs/configuration.md lists every key.
+Unknown tables and keys in a file are errors. The scalar parsers, the key-table walk and the
+unknown-key errors are `kerneld.tomlkeys`, the core permission profiles parse with too.
+docs/configuration.md lists every key.
 """
 
 from __future__ import annotations
 
 import grp
-import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kerneld.access import ProfileAccess
 from kerneld.errors import InvalidArgument
+from kerneld.tomlkeys import TomlKeys
 
 
 def _default_runtime_python() -> str:
@@ -161,17 +162,18 @@ class DaemonConfig:
 
 
 # --------------------------------------------------------------------------- value parsers
+# The scalar coercions, key-table walk and unknown-key errors are `kerneld.tomlkeys`' (shared
+# with permission profiles); what is here is what only the daemon's config knows.
 Parser = Callable[[str, Any], Any]
-
-
-def _fail(where: str, message: str) -> ConfigError:
-    return ConfigError(f"{where}: {message}")
+_CORE = TomlKeys(ConfigError)
+_fail = _CORE.fail
+_bool = _CORE.boolean
+_number = _CORE.number
+_list = _CORE.list_of
 
 
 def _string(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise _fail(where, f"expected a non-empty string, got {value!r}")
-    return value
+    return _CORE.string(where, value, empty=False)
 
 
 def _opt_string(where: str, value: Any) -> str | None:
@@ -242,23 +244,13 @@ def _level(where: str, value: Any) -> str:
     return str(text)
 
 
-def _number(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(where, f"expected a number, got {value!r}")
-    if value < 0:
-        raise _fail(where, f"expected a number >= 0, got {value!r}")
-    return float(value)
-
-
 def _timeout(where: str, value: Any) -> float | None:
     return _number(where, value) or None  # 0 disables
 
 
 def _int(minimum: int) -> Parser:
     def parse(where: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _fail(where, f"expected an integer >= {minimum}, got {value!r}")
-        return value
+        return _CORE.integer(where, value, minimum=minimum)
     return parse
 
 
@@ -277,20 +269,6 @@ def _size(minimum: int) -> Parser:
             raise _fail(where, f"expected a size of at least {minimum} bytes (an integer, or "
                                f"a string such as \"64MiB\"), got {raw!r}")
         return int(value)
-    return parse
-
-
-def _bool(where: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(where, f"expected true or false, got {value!r}")
-    return value
-
-
-def _list(item: Parser) -> Parser:
-    def parse(where: str, value: Any) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise _fail(where, f"expected a list, got {value!r}")
-        return tuple(item(f"{where}[{i}]", x) for i, x in enumerate(value))
     return parse
 
 
@@ -474,26 +452,25 @@ _KEYS_FLAT: dict[str, _Key] = {f"{t}.{k}": spec for t, keys in _KEYS.items()
 
 
 def _read_file(path: str) -> list[tuple[str, Any, str]]:
+    """(table.key, raw value, where) of every key in the file; unknown tables and keys are
+    refused before any value is parsed."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            text = f.read().decode()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
     out: list[tuple[str, Any, str]] = []
-    for table, body in data.items():
+    for table, body in _CORE.loads(path, text).items():
         if table not in _KEYS:
-            raise ConfigError(f"{path}:{table}: unknown table; expected one of "
-                              f"{', '.join(_KEYS)}")
-        if not isinstance(body, dict):
-            raise ConfigError(f"{path}:{table}: expected a table [{table}]")
-        for key, raw in body.items():
-            if key not in _KEYS[table]:
-                raise ConfigError(f"{path}:{table}.{key}: unknown key; expected one of "
-                                  f"{', '.join(_KEYS[table])}")
-            out.append((f"{table}.{key}", raw, f"{path}:{table}.{key}"))
+            raise _CORE.unknown(f"{path}:{table}", _KEYS, what="table")
+        raw = _CORE.walk(f"{path}:{table}.", _CORE.table(f"{path}:{table}", body),
+                         dict.fromkeys(_KEYS[table], _as_read))
+        out += [(f"{table}.{key}", value, f"{path}:{table}.{key}") for key, value in raw.items()]
     return out
+
+
+def _as_read(where: str, value: Any) -> Any:
+    return value  # parsed by load_daemon_config, in precedence order
 
 
 def _build(values: dict[str, Any], where_of: dict[str, str], source: str | None) -> DaemonConfig:

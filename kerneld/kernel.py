@@ -1,419 +1,470 @@
-"""The execution engine: one IPython shell, Jupyter-shaped events out, no ZeroMQ inside.
+"""One kernel as the manager sees it: its state machine, its execution FIFO, its timers.
 
-Process model: runs in a worker (one engine per process, created and warmed in the zygote before
-the fork) or on a dedicated thread of the caller's interpreter (IN_PROCESS mode).
+State machine (`Status`, `TRANSITIONS`; `KernelRecord.set_status` is the one setter and raises
+`IllegalTransition` on anything else):
 
-What it turns into events (all through the `emit(type, data)` callback it is given):
-- the last expression of a cell → `execute_result` (IPython's display hook);
-- `display()` / `update_display()` / `clear_output()` → `display_data` / `update_display_data`
-  / `clear_output` (IPython's display publisher);
-- a Python exception, a syntax error or an interrupt → `execute_error` with plain-text
-  traceback lines;
-- `input()` / `getpass()` → `input_request`, answered through `request_input` (the answer
-  `EOF` = "\x04" raises EOFError, as in ipykernel: how a client says its stdin ended), or a
-  clear `StdinNotImplementedError` when the caller did not allow stdin (as ipykernel does).
-Text written to stdout/stderr is *not* handled here: the host of the engine captures it
-(fd-level pipes in a worker, a thread-aware proxy in process), because only it knows the fds.
+    starting ──→ idle ⇄ busy        (an execution runs; the next one starts as it ends)
+        │         │  ╲  │
+        │         │  paused          (rows for pause/resume; no op reaches them yet)
+        │         ↓     ↓
+        │      restarting ──→ idle   (same id, namespace, mode, spec, permissions, timeouts)
+        ↓         ↓     ↑
+        └──────→ dead ──┘            (a death, a failed start or restart, a destroy,
+                                      terminate or expiry; a dead kernel may be restarted)
 
-State: the shell's namespace persists across `execute` calls; `execution_count` is IPython's.
+A destroyed kernel leaves the manager's table as `dead`: there is no other end state.
+
+What runs the kernel is its `Backend` (`kerneld.backends`): a confined worker process or an
+in-process thread. The record sends it requests and gets back, through `on_message` and
+`on_exit` (it is the backend's `BackendHost`), the runtime's messages and its death. Messages
+for an execution other than the running one are dropped: a worker cannot speak out of turn.
+
+The record imports nothing above it: everything it needs from the manager comes through a
+`KernelHost` (make a backend, dispatch an event, expire or terminate a kernel, run a task, the
+config), which the manager implements and unit tests fake.
 """
 
 from __future__ import annotations
 
-import base64
-import builtins
-import getpass
-import itertools
-import os
-import re
-import subprocess
-import sys
-import traceback
-from collections.abc import Callable
-from types import TracebackType
-from typing import Any
+import asyncio
+import collections
+import datetime as dt
+import logging
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol
 
-from IPython.core.completer import provisionalcompleter, rectify_completions
-from IPython.core.displayhook import DisplayHook
-from IPython.core.displaypub import DisplayPublisher
-from IPython.core.error import StdinNotImplementedError
-from IPython.core.interactiveshell import InteractiveShell
-from IPython.utils.tokenutil import token_at_cursor
-from traitlets import Type
-from traitlets.config import Config
+from kerneld import lifecycle
+from kerneld import protocol as p
+from kerneld.errors import KernelError, KernelNotFound
+from kerneld.execution import Execution
 
-Emit = Callable[[str, dict[str, Any]], None]
-EOF = "\x04"  # an input_reply of this value: the client's stdin ended (Jupyter's convention)
-RequestInput = Callable[[str, bool], str]
+if TYPE_CHECKING:
+    from kerneld.backends import Backend, ExitInfo
+    from kerneld.config import ManagerConfig
+    from kerneld.ops import KernelSpec
+    from kerneld.permissions import Lowered
+    from kerneld.permissions.hostdir import HostDir
 
+log = logging.getLogger(__name__)
 
-def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    """Binary mime payloads (PNG, JPEG, PDF) travel base64-encoded, as in Jupyter."""
-    out: dict[str, Any] = {}
-    for mime, value in data.items():
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            value = base64.b64encode(bytes(value)).decode("ascii")
-        out[mime] = value
-    return out
+_WORKER_EVENTS = p.EVENT_TYPES - {"execution_stalled"}
+ASK_TIMEOUT = 60.0  # seconds a complete / inspect / is_complete waits for its answer
 
 
-class _Publisher(DisplayPublisher):  # type: ignore[misc]
-    """Routes display()/update_display()/clear_output() to the engine's emit callback."""
-
-    engine: Engine
-
-    def publish(self, data: dict[str, Any], metadata: dict[str, Any] | None = None,
-                source: Any = None, *, transient: dict[str, Any] | None = None,
-                update: bool = False, **_: Any) -> None:
-        self.engine.flush_streams()
-        self.engine.emit("update_display_data" if update else "display_data", {
-            "data": _jsonable(data), "metadata": metadata or {}, "transient": transient or {},
-        })
-
-    def clear_output(self, wait: bool = False) -> None:
-        self.engine.flush_streams()
-        self.engine.emit("clear_output", {"wait": bool(wait)})
+class KernelMode(str, Enum):
+    WORKER = "worker"
+    IN_PROCESS = "in_process"
 
 
-class _DisplayHook(DisplayHook):  # type: ignore[misc]
-    """Turns the value of a cell's last expression into `execute_result`."""
+class KernelEvents(str, Enum):
+    STREAM = "stream"
+    DISPLAY_DATA = "display_data"
+    UPDATE_DISPLAY_DATA = "update_display_data"
+    EXECUTE_RESULT = "execute_result"
+    EXECUTE_ERROR = "execute_error"
+    CLEAR_OUTPUT = "clear_output"
+    INPUT_REQUEST = "input_request"
+    EXECUTION_STALLED = "execution_stalled"
+    KERNEL_DIED = "kernel_died"
+    KERNEL_RESTARTED = "kernel_restarted"
+    KERNEL_TERMINATED = "kernel_terminated"
+    ALL = "*"
 
-    engine: Engine
 
-    def start_displayhook(self) -> None:
-        self._data: dict[str, Any] = {}
-        self._metadata: dict[str, Any] = {}
+class Status(str, Enum):
+    """A kernel's status; the values are what `describe()["status"]` says."""
 
-    def write_output_prompt(self) -> None:
-        pass
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    PAUSED = "paused"
+    RESTARTING = "restarting"
+    DEAD = "dead"
 
-    def quiet(self) -> bool:
-        """IPython tokenizes the whole cell to look for a trailing `;` (a third of a `1+1`
-        execution); a cell without any `;` cannot end with one."""
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.STARTING: frozenset({Status.IDLE, Status.DEAD}),
+    Status.IDLE: frozenset({Status.BUSY, Status.PAUSED, Status.RESTARTING, Status.DEAD}),
+    Status.BUSY: frozenset({Status.IDLE, Status.PAUSED, Status.RESTARTING, Status.DEAD}),
+    Status.PAUSED: frozenset({Status.IDLE, Status.BUSY, Status.RESTARTING, Status.DEAD}),
+    Status.RESTARTING: frozenset({Status.IDLE, Status.DEAD}),
+    Status.DEAD: frozenset({Status.RESTARTING}),
+}
+"""from → the statuses it may go to; anything else is a bug (`IllegalTransition`)."""
+
+
+class IllegalTransition(RuntimeError):
+    """A status change the table does not allow: a bug in kerneld, never a client's error."""
+
+
+class KernelHost(Protocol):
+    """What a kernel record needs from its manager."""
+
+    @property
+    def config(self) -> ManagerConfig:
+        """The manager's config now (timeout defaults, stall grace)."""
+
+    def backend_for(self, kernel: KernelRecord) -> Backend:
+        """A backend for `kernel`, attached to it: made and not started, or a started one
+        from the warm pool (`start()` then returns at once)."""
+
+    def kernel_record(self, kernel_id: str) -> KernelRecord | None:
+        """The record registered under `kernel_id` now (None once destroyed)."""
+
+    def dispatch(self, event: p.KernelEvent) -> None:
+        """Deliver an event to the kernel's listeners."""
+
+    async def expire(self, kernel: KernelRecord) -> None:
+        """The inactivity timeout fired: destroy `kernel` and tell its listeners."""
+
+    async def force_terminate_kernel(self, kernel_id: str, reason: str | None = None) -> bool:
+        """Destroy the kernel and tell its listeners `kernel_terminated`."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run `coro` in the background (kept, and cancelled when the manager closes)."""
+
+
+def _first(*values: Any) -> Any:
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
+class KernelRecord:
+    """Manager-internal record of one kernel (see the module docstring)."""
+
+    def __init__(self, host: KernelHost, kernel_id: str, spec: KernelSpec, mode: KernelMode,
+                 lowered: Lowered, *, host_dir: HostDir | None = None,
+                 owner: str | None = None) -> None:
+        self.host, self.id, self.spec, self.mode = host, kernel_id, spec, mode
+        self.namespace: str | None = spec.namespace
+        # the request validated and lowered once (permissions.lower); restart reuses it
+        self.lowered, self.profile = lowered, lowered.profile
+        self.host_dir = host_dir    # checked and pinned once: a restart mounts the same inode
+        self.owner = owner          # the creating caller's principal; None: this program
+        self._status = Status.STARTING
+        self.created = time.time()
+        self.backend: Backend | None = None
+        self.execution_count = 0
+        self.queue: collections.deque[Execution] = collections.deque()
+        self.current: Execution | None = None
+        self.last_activity = time.monotonic()
+        self._asks: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._restart_lock = asyncio.Lock()
+        cfg, profile = host.config, self.profile
+        self.inactivity_timeout: float | None = _first(
+            spec.inactivity_timeout, profile.inactivity_timeout, cfg.inactivity_timeout) or None
+        self.max_execution_time: float | None = _first(
+            spec.max_execution_time, profile.max_execution_time, profile.limits.wall_seconds,
+            cfg.max_execution_time) or None
+        self.on_stall: str = profile.on_stall or "event"
+        self.stall_escalation: str = profile.stall_escalation
+        self.output_limit = int(profile.limits.output or 0)
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    def set_status(self, status: Status) -> None:
+        """The one way the status changes: along `TRANSITIONS`, else IllegalTransition."""
+        if status not in TRANSITIONS[self._status]:
+            raise IllegalTransition(f"kernel {self.id}: {self._status.value} → {status.value}")
+        self._status = status
+
+    @property
+    def pid(self) -> int | None:
+        return self.backend.pid if self.backend is not None else None
+
+    # ------------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        """Bring the kernel up (status `starting`): idle, or dead and raising if it failed."""
         try:
-            cell = self.shell.history_manager.input_hist_parsed[-1]
-        except IndexError:
-            return False
-        return ";" in cell and bool(self.semicolon_at_end_of_expression(cell))
+            await self._start_backend()
+            if self._status is Status.DEAD:  # destroyed while it started (a fake's start wins)
+                raise KernelNotFound(f"kernel {self.id} was destroyed while it started")
+        except BaseException as exc:
+            await self.kill()
+            if self._status is not Status.DEAD:
+                self.set_status(Status.DEAD)
+                self.end_executions("KernelDied", f"the kernel failed to start: "
+                                                  f"{exc or type(exc).__name__}")
+            raise
+        self._ready()
 
-    def compute_format_data(self, result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """`1+1` fast path: IPython runs ten formatters for an int; for exact int/str/bool
-        with no user-registered formatter the outcome is just `repr` (a unit test compares)."""
-        if type(result) in _FAST_TYPES and self.engine.formatters_untouched(type(result)):
-            try:
-                return {"text/plain": repr(result)}, {}
-            except ValueError:  # e.g. int too large to convert: let IPython report it
-                pass
-        return super().compute_format_data(result)  # type: ignore[no-any-return]
+    async def _start_backend(self) -> None:
+        self.backend = self.host.backend_for(self)
+        await self.backend.start()
 
-    def write_format_data(self, format_dict: dict[str, Any],
-                          md_dict: dict[str, Any] | None = None) -> None:
-        self._data = _jsonable(format_dict)
-        self._metadata = md_dict or {}
+    def _ready(self) -> None:
+        self.set_status(Status.IDLE)
+        self.touch()
+        self._start_next()
 
-    def finish_displayhook(self) -> None:
-        if not self._data:
+    async def kill(self) -> None:
+        """Kill the backend (the whole process tree, or the thread) and fail pending asks."""
+        backend = self.backend
+        if backend is not None:
+            await backend.kill()
+            if self.backend is backend:
+                self.backend = None
+        self._fail_asks()
+
+    def _fail_asks(self) -> None:
+        for future in self._asks.values():
+            if not future.done():
+                future.set_exception(KernelError(f"kernel {self.id} stopped"))
+        self._asks.clear()
+
+    def end_executions(self, ename: str, evalue: str) -> None:
+        running, queued = self.current, list(self.queue)
+        self.current = None
+        self.queue.clear()
+        if running is not None:
+            running.fail(ename, evalue)
+        for execution in queued:
+            execution.fail(ename, evalue, status="aborted")
+
+    async def destroy(self, ename: str, evalue: str) -> None:
+        """End the kernel: dead, its executions ended with `ename`, its backend killed."""
+        if self._status is not Status.DEAD:
+            self.set_status(Status.DEAD)
+        self.end_executions(ename, evalue)
+        await self.kill()
+
+    async def restart(self) -> None:
+        """A fresh backend for this kernel. Restarts queue behind one another (two at once would
+        kill each other's new worker); one asked for after a destroy is KernelNotFound."""
+        async with self._restart_lock:
+            if self.host.kernel_record(self.id) is not self:
+                raise KernelNotFound(f"kernel {self.id} not found")
+            if self._status is Status.STARTING:
+                raise KernelError(f"kernel {self.id} is still starting; restart it once it is "
+                                  "ready")
+            await self._restart()
+
+    async def _restart(self) -> None:
+        # from here on an execution waits for the new backend: were the status left "idle" or
+        # "busy" while the old one is killed, `submit` would hand it to the dying worker and
+        # it would never be answered (issue 16: an execute sent during a restart hung)
+        self.set_status(Status.RESTARTING)
+        try:
+            self.end_executions("KernelRestarted", "the kernel was restarted")
+            await self.kill()
+            if self._status is Status.DEAD:
+                raise KernelNotFound(f"kernel {self.id} was destroyed while it restarted")
+            self.created = time.time()
+            self.execution_count = 0
+            await self._start_backend()
+            if self._status is Status.DEAD or self.host.kernel_record(self.id) is not self:
+                # destroyed while the new backend started: it must not outlive its kernel
+                raise KernelNotFound(f"kernel {self.id} was destroyed while it restarted")
+        except BaseException as exc:
+            # the new backend never came up (e.g. its mount was refused): the kernel is dead,
+            # not "restarting" forever with executions queued behind nothing
+            await self.kill()
+            if self._status is Status.DEAD or self.host.kernel_record(self.id) is not self:
+                if self._status is not Status.DEAD:
+                    self.set_status(Status.DEAD)
+                # destroyed while restarting: a normal end, not a failure
+                raise KernelNotFound(f"kernel {self.id} was destroyed while it restarted") from None
+            reason = f"the restart failed: {exc or type(exc).__name__}"
+            log.warning("kernel died kernel=%s reason=%r", self.id, reason)
+            self.set_status(Status.DEAD)
+            self.end_executions("KernelDied", reason)
+            self._dispatch("kernel_died", {
+                "kernel_id": self.id, "reason": reason, "exit_code": None, "signal": None})
+            raise
+        self._ready()
+        self._dispatch("kernel_restarted", {"kernel_id": self.id})
+
+    def _dispatch(self, type_: str, data: dict[str, Any]) -> None:
+        self.host.dispatch(p.KernelEvent(type_, data, self.id))
+
+    # ------------------------------------------------------------------ from the backend
+
+    def on_message(self, msg: Any) -> None:
+        if isinstance(msg, p.Output):
+            current = self.current
+            if current is None or msg.exec_id != current.id or msg.type not in _WORKER_EVENTS:
+                return
+            event = p.KernelEvent(msg.type, msg.data, self.id, current.id)
+            current.add(event)
+            self.host.dispatch(event)
+        elif isinstance(msg, p.Done):
+            self._finish(msg)
+        elif isinstance(msg, p.Answer):
+            future = self._asks.pop(msg.req_id, None)
+            if future is not None and not future.done():
+                future.set_result(msg.content)
+
+    def _finish(self, msg: p.Done) -> None:
+        current = self.current
+        if current is None or msg.exec_id != current.id:
             return
-        self.engine.flush_streams()
-        content = {"execution_count": self.prompt_count, "data": self._data,
-                   "metadata": self._metadata}
-        self.engine.last_result = content
-        self.engine.emit("execute_result", content)
+        if msg.result is not None and not current.has_result:
+            event = p.KernelEvent("execute_result", msg.result, self.id, current.id)
+            current.add(event)
+            self.host.dispatch(event)
+        status = msg.status if msg.status in ("ok", "error") else "error"
+        if msg.execution_count is not None:
+            self.execution_count = msg.execution_count
+        current.finish(status, msg.execution_count, msg.result, msg.error)
+        self.current = None
+        if self._status is Status.BUSY:
+            self.set_status(Status.IDLE)
+        self.touch()
+        self._start_next()
 
+    def on_exit(self, info: ExitInfo) -> None:
+        """The backend died on its own: the kernel is dead (and restarted if its profile
+        says `restart_on_death`)."""
+        if self._status in (Status.DEAD, Status.RESTARTING, Status.STARTING):
+            return  # a backend being replaced, or one whose start reports its own failure
+        log.warning("kernel died kernel=%s reason=%r", self.id, info.reason)
+        self.set_status(Status.DEAD)
+        self.end_executions("KernelDied", info.reason)
+        self._fail_asks()
+        self._dispatch("kernel_died", {"kernel_id": self.id, "reason": info.reason,
+                                       "exit_code": info.exit_code, "signal": info.signal})
+        if self.profile.restart_on_death:
+            self.host.spawn(self._restart_on_death(), f"restart on death kernel={self.id}")
 
-# What IPython's static input transformations react to (magics, shell escapes, help, pasted
-# prompts, autocall escapes at a line start); a cell with none of it, starting with a
-# non-blank character, comes out of them unchanged. Deliberately broader than needed
-# (`!=` or `%` in a string take the full path): a false match only costs time.
-_SPECIAL = re.compile(r"[%!?]|>>>|\.\.\.|In \[|^[ \t]*[,;/]", re.MULTILINE)
+    async def _restart_on_death(self) -> None:
+        try:
+            await self.restart()
+        except KernelNotFound:
+            pass  # destroyed meanwhile
+        except KernelError as exc:  # told to its listeners as kernel_died already
+            log.warning("restart on death failed kernel=%s error=%s", self.id, exc)
 
+    # ------------------------------------------------------------------ executions
 
-class _Shell(InteractiveShell):  # type: ignore[misc]
-    """IPython's shell with kerneld's display hook and publisher built in (as ipykernel's
-    ZMQInteractiveShell does), so `sys.displayhook` swaps use them too."""
+    def send(self, msg: Any) -> None:
+        if self.backend is not None:
+            self.backend.send(msg)
 
-    displayhook_class = Type(_DisplayHook)
-    display_pub_class = Type(_Publisher)
+    def submit(self, execution: Execution) -> None:
+        if self._status is Status.DEAD:
+            execution.fail("KernelDied", f"kernel {self.id} is dead; restart it first")
+            return
+        self.queue.append(execution)
+        self._start_next()
 
-    def init_instance_attrs(self) -> None:
-        super().init_instance_attrs()
-        self._stock_transforms: tuple[list[Any], ...] | None = None
+    def _start_next(self) -> None:
+        if self.current is not None or not self.queue or self._status is not Status.IDLE:
+            return
+        execution = self.queue.popleft()
+        self.current = execution
+        self.set_status(Status.BUSY)
+        execution.started = time.time()
+        execution.started_mono = time.monotonic()
+        self.send(p.Execute(execution.id, execution.code, execution.silent,
+                            execution.store_history, execution.allow_stdin, self.output_limit))
 
-    def _plain(self, raw_cell: str) -> bool:
-        """`raw_cell` needs none of the static transformations (tokenizing it for them is
-        most of the cost of a small cell), and the transformer lists are IPython's own."""
-        m = self.input_transformer_manager
-        lists = (m.cleanup_transforms, m.line_transforms, m.token_transformers)
-        if self._stock_transforms is None:
-            self._stock_transforms = tuple(list(x) for x in lists)
-        return (raw_cell[:1] not in ("", " ", "\t", "\n", "\r", "\f", "\v")
-                and all(a == b for a, b in zip(lists, self._stock_transforms, strict=True))
-                and _SPECIAL.search(raw_cell) is None)
-
-    def should_run_async(self, raw_cell: str, *, transformed_cell: str | None = None,
-                         preprocessing_exc_tuple: Any = None) -> bool:
-        """IPython compiles every cell once more to find top-level `await`; a coroutine
-        needs an `await` or `async` keyword, so a cell without either is never one."""
-        if transformed_cell is not None and "await" not in transformed_cell \
-                and "async" not in transformed_cell:
+    def input_reply(self, value: str) -> bool:
+        if self.current is None:
             return False
-        return super().should_run_async(  # type: ignore[no-any-return]
-            raw_cell, transformed_cell=transformed_cell,
-            preprocessing_exc_tuple=preprocessing_exc_tuple)
-
-    def transform_cell(self, raw_cell: str) -> str:
-        """InteractiveShell.transform_cell, skipping the static transformations for plain
-        cells (the dynamic ones, e.g. automagic `pwd`, and `input_transformers_post` run)."""
-        if not self._plain(raw_cell):
-            return super().transform_cell(raw_cell)  # type: ignore[no-any-return]
-        cell = raw_cell if raw_cell.endswith("\n") else raw_cell + "\n"
-        if len(cell.splitlines()) == 1:
-            with self.builtin_trap:
-                cell = self.prefilter_manager.prefilter_lines(cell) + "\n"
-        lines = cell.splitlines(keepends=True)
-        for transform in self.input_transformers_post:
-            lines = transform(lines)
-        return "".join(lines)
-
-
-_FAST_TYPES = (int, str, bool)
-WARM_ROUNDS = 10  # CPython 3.11 specialises an instruction after 8 runs of it
-
-
-def _shell_config() -> Config:
-    config = Config()
-    config.HistoryManager.enabled = False       # no sqlite file; kernels are ephemeral
-    config.InteractiveShell.colors = "nocolor"  # plain traceback lines
-    config.InteractiveShell.autocall = 0
-    config.InteractiveShell.xmode = "Context"
-    return config
-
-
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _without_own_frames(trace: TracebackType | None) -> TracebackType | None:
-    """`trace` relinked without the frames of kerneld's own modules."""
-    kept = []
-    while trace is not None:
-        if not trace.tb_frame.f_code.co_filename.startswith(_OWN_DIR):
-            kept.append(trace)
-        trace = trace.tb_next
-    for a, b in itertools.pairwise(kept):
-        a.tb_next = b
-    if kept:
-        kept[-1].tb_next = None
-    return kept[0] if kept else None
-
-
-class Engine:
-    """One persistent IPython shell. Not thread-safe: one caller at a time."""
-
-    def __init__(self, *, singleton: bool = True) -> None:
-        config = _shell_config()
-        if singleton:
-            self.shell = _Shell.instance(config=config)
-        else:
-            self.shell = _Shell(config=config)
-        self.shell.display_pub.engine = self
-        self.shell.displayhook.engine = self
-        self.shell._showtraceback = self._showtraceback
-        self._full_showtraceback = self.shell.showtraceback
-        self.shell.showtraceback = self._showtraceback_fast_interrupts
-        self.shell.system = self._system
-        self._baseline = self._printers()
-        self._active_types = list(self.shell.display_formatter.active_types)
-        self.emit: Emit = lambda _type, _data: None
-        self.flush_streams: Callable[[], None] = lambda: None
-        self.request_input: RequestInput | None = None
-        self.last_result: dict[str, Any] | None = None
-        self.last_error: dict[str, Any] | None = None
-
-    def _printers(self) -> dict[tuple[str, type], Any]:
-        formatters = self.shell.display_formatter.formatters
-        return {(mime, t): f.type_printers.get(t) for mime, f in formatters.items()
-                for t in _FAST_TYPES}
-
-    def formatters_untouched(self, t: type) -> bool:
-        """No display formatter was registered or changed for type `t` since start."""
-        display = self.shell.display_formatter
-        if display.active_types != self._active_types:
-            return False
-        for mime, f in display.formatters.items():
-            if not f.enabled or f.type_printers.get(t) is not self._baseline.get((mime, t)):
-                return False
+        self.send(p.InputReply(self.current.id, value))
         return True
 
-    def _system(self, cmd: str) -> None:
-        """`!cmd`: `/bin/sh -c cmd` writing to the cell's own stdout and stderr, no terminal.
-
-        Why not IPython's `system`: it runs the command under a pty (pexpect), and a kernel has
-        no pty devices ("out of pty devices"). ipykernel pipes too. `$x`/`{x}` are expanded
-        as IPython does; the exit status lands in `_exit_code`. A refused program (the
-        profile's `run` permission) is said in one line instead of a traceback."""
-        cmd = self.shell.var_expand(cmd, depth=1)
+    async def ask(self, make: Callable[[str], Any]) -> dict[str, Any]:
+        """Send a Complete/Inspect/IsComplete built by `make(req_id)`; await its Answer."""
+        if self._status is Status.DEAD:
+            raise KernelError(f"kernel {self.id} is dead; restart it first")
+        req_id = secrets.token_hex(8)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._asks[req_id] = future
+        self.send(make(req_id))
         try:
-            code = subprocess.call(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL)
-        except PermissionError:
-            print("kerneld: !cmd needs /bin/sh, and the kernel profile's `run` permission "
-                  "does not allow running it", file=sys.stderr)
-            code = 126
-        else:
-            if code == 126:
-                print("kerneld: a program was refused (exit status 126): the kernel profile's "
-                      "`run` permission does not allow it", file=sys.stderr)
-        self.shell.user_ns["_exit_code"] = code
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def hold_traps(self) -> None:
-        """Enter the shell's builtin and display traps for the life of this process, as
-        IPython's own terminal does around its main loop; each `run_cell` then finds them
-        entered and leaves `builtins` alone.
-
-        Why: the builtin trap deletes `exit`/`quit` from `builtins` and adds `get_ipython`
-        on entry, and undoes both on exit, several times per cell. Every change of the
-        builtins dict's keys invalidates what CPython 3.11 cached for each `len`, `isinstance`
-        ... in all code, so each cell re-specialised code all over the process: ~10 % of a
-        `1+1` cell's time, and code-object pages written (copied) in every forked worker.
-        For worker processes only: in-process kernels share the daemon's `builtins`."""
-        self.shell.builtin_trap.__enter__()
-        self.shell.display_trap.__enter__()
-
-    def warm(self, rounds: int = WARM_ROUNDS) -> None:
-        """Run throwaway cells the way users' run (result, history, traceback, syntax error),
-        then reset the shell to a fresh session (execution count 1, empty In/Out).
-
-        Why: IPython creates much of its state lazily, and CPython 3.11 rewrites a function's
-        bytecode in place (specialisation) over its first runs. Done here, in the zygote,
-        both are shared by every worker instead of being redone (and copied page by page)
-        in each: a worker's first cell is faster and its private memory smaller."""
-        saved = self.emit
-        self.emit = lambda _type, _data: None
-        try:
-            for _ in range(rounds):
-                for cell in ("1+1", "x = 1", "1/0", "def f(:\n  pass"):
-                    self.shell.run_cell(cell, store_history=True, silent=False)
-            self.complete("pri", 3)
+            return await asyncio.wait_for(future, timeout=ASK_TIMEOUT)
         finally:
-            self.emit = saved
-        self.shell.reset(new_session=True)
-        self.shell.execution_count = 1
+            self._asks.pop(req_id, None)
 
-    def attach(self, emit: Emit, flush_streams: Callable[[], None],
-               request_input: RequestInput | None) -> None:
-        self.emit, self.flush_streams, self.request_input = emit, flush_streams, request_input
+    def interrupt(self) -> bool:
+        if self._status is Status.DEAD:
+            return False
+        if self.current is None:
+            return True
+        return self.backend.interrupt() if self.backend is not None else False
 
-    # -- execution ------------------------------------------------------------------------
+    # ------------------------------------------------------------------ timers
 
-    def execute(self, code: str, *, silent: bool = False, store_history: bool = True,
-                allow_stdin: bool = False) -> tuple[str, int | None, dict[str, Any] | None,
-                                                     dict[str, Any] | None]:
-        """Run one cell. Returns (status, execution_count, execute_result content, error)."""
-        self.last_result = self.last_error = None
-        self._install_input(allow_stdin)
-        result = self.shell.run_cell(code, store_history=store_history, silent=silent)
-        self.flush_streams()
-        failed = result.error_before_exec is not None or result.error_in_exec is not None
-        if failed and self.last_error is None:
-            exc = result.error_before_exec or result.error_in_exec
-            self.last_error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
-        count = result.execution_count
-        return ("error" if failed else "ok", count, self.last_result, self.last_error)
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
 
-    def _showtraceback_fast_interrupts(self, exc_tuple: Any = None, *args: Any,
-                                       **kwargs: Any) -> None:
-        """An interrupt is reported with a plain traceback: the rich one parses the source
-        of every file on the stack (100+ ms the first time a numpy frame shows up), and an
-        interrupt must land within 100 ms."""
-        etype, value, trace = exc_tuple or sys.exc_info()
-        if value is not None:  # the user's frames only: never kerneld's own (signal handler,
-            trace = _without_own_frames(trace)  # input hooks) in what the user reads
-            exc_tuple = (etype, value.with_traceback(trace), trace)
-        tb = self.shell.InteractiveTB
-        if etype is None or not issubclass(etype, KeyboardInterrupt):
-            self._full_showtraceback(exc_tuple, *args, **kwargs)
+    def clock(self) -> lifecycle.KernelClock:
+        current = self.current
+        return lifecycle.KernelClock(
+            busy=(current is not None or bool(self.queue)
+                  or self._status in (Status.STARTING, Status.RESTARTING)),
+            last_activity=self.last_activity, inactivity_timeout=self.inactivity_timeout,
+            running_since=current.started_mono if current else None,
+            stalled=current.stalled if current else False,
+            interrupted_at=current.interrupted_at if current else None,
+            max_execution_time=self.max_execution_time, on_stall=self.on_stall,
+            stall_grace=self.host.config.stall_grace, escalation=self.stall_escalation)
+
+    def time_until_shutdown(self) -> float | None:
+        return lifecycle.time_until_shutdown(self.clock(), time.monotonic())
+
+    async def apply_rules(self, now: float) -> None:
+        if self._status is Status.DEAD and not self.inactivity_timeout:
             return
-        mode = tb.mode
-        tb.set_mode("Plain")
-        try:
-            self._full_showtraceback(exc_tuple, *args, **kwargs)
-        finally:
-            tb.set_mode(mode)
+        for action in lifecycle.decide(self.clock(), now):
+            await self._perform(action, now)
 
-    def _showtraceback(self, etype: type[BaseException], evalue: BaseException,
-                       stb: list[str]) -> None:
-        self.flush_streams()
-        error = {"ename": getattr(etype, "__name__", str(etype)), "evalue": str(evalue),
-                 "traceback": [str(line) for line in stb]}
-        self.last_error = error
-        self.emit("execute_error", error)
+    async def _perform(self, action: lifecycle.Action, now: float) -> None:
+        current = self.current
+        if action is lifecycle.Action.EXPIRE:
+            await self.host.expire(self)
+        elif action is lifecycle.Action.STALLED and current is not None:
+            current.stalled = True
+            event = p.KernelEvent("execution_stalled", {
+                "kernel_id": self.id, "execution_id": current.id,
+                "max_execution_time": self.max_execution_time,
+                "actual_runtime": now - (current.started_mono or now),
+                "code": current.code, "start_time": current.started}, self.id, current.id)
+            current.add(event)
+            self.host.dispatch(event)
+        elif action is lifecycle.Action.INTERRUPT and current is not None:
+            current.interrupted_at = now
+            self.interrupt()
+        elif action is lifecycle.Action.RESTART:
+            try:
+                await self.restart()
+            except KernelNotFound:
+                log.info("kernel destroyed during its stall restart kernel=%s", self.id)
+            except KernelError as exc:  # told to its listeners as kernel_died already
+                log.warning("stall restart failed kernel=%s error=%s", self.id, exc)
+        elif action is lifecycle.Action.TERMINATE:
+            await self.host.force_terminate_kernel(self.id, "execution stalled")
 
-    def _install_input(self, allow_stdin: bool) -> None:
-        if allow_stdin and self.request_input is not None:
-            ask = self.request_input
+    # ------------------------------------------------------------------ reporting
 
-            def answer(prompt: object, password: bool) -> str:
-                value = ask(str(prompt), password)
-                if value == EOF:
-                    raise EOFError("EOF when reading a line")
-                return value
+    def execution_info(self) -> dict[str, Any]:
+        now = time.monotonic()
+        running = [self.current] if self.current is not None else []
+        executions = [e.info(now) for e in [*running, *self.queue]]
+        return {"count": len(executions), "is_stuck": any(e["is_stuck"] for e in executions),
+                "execution_ids": [e["id"] for e in executions],
+                "longest_running_time": max((e["runtime"] for e in executions), default=0.0),
+                "executions": executions}
 
-            builtins.input = lambda prompt="": answer(prompt, False)
-            getpass.getpass = lambda prompt="Password: ", stream=None: answer(prompt, True)
-        else:
-            builtins.input = _no_stdin
-            getpass.getpass = _no_stdin
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "namespace": self.namespace, "mode": self.mode.value,
+                "profile": self.profile.name,
+                "profile_description": self.profile.description.strip(),
+                "status": self._status.value,
+                "created": dt.datetime.fromtimestamp(self.created, dt.UTC).isoformat(),
+                "pid": self.pid, "execution_count": self.execution_count,
+                "memory_bytes": self.memory_bytes()}
 
-    # -- introspection --------------------------------------------------------------------
-
-    def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
-        """Jupyter's complete_reply, from IPython's completion API (as ipykernel ≥ 6)."""
-        with provisionalcompleter():
-            found = list(rectify_completions(
-                code, self.shell.Completer.completions(code, cursor_pos)))
-        start = found[0].start if found else cursor_pos
-        end = found[0].end if found else cursor_pos
-        types = [{"start": c.start, "end": c.end, "text": c.text, "type": c.type,
-                  "signature": c.signature} for c in found]
-        return {"status": "ok", "matches": [c.text for c in found], "cursor_start": start,
-                "cursor_end": end, "metadata": {"_jupyter_types_experimental": types}}
-
-    def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict[str, Any]:
-        name = token_at_cursor(code, cursor_pos)
-        try:
-            data = self.shell.object_inspect_mime(name, detail_level=detail_level)
-            found = True
-        except KeyError:
-            data, found = {}, False
-        return {"status": "ok", "found": found, "data": _jsonable(data), "metadata": {}}
-
-    def is_complete(self, code: str) -> dict[str, Any]:
-        status, indent = self.shell.input_transformer_manager.check_complete(code)
-        reply: dict[str, Any] = {"status": status}
-        if status == "incomplete":
-            reply["indent"] = " " * (indent or 0)
-        return reply
-
-
-def failure(exc: BaseException) -> dict[str, Any]:
-    """An exception as Jupyter's error content (`ename`, `evalue`, `traceback` lines)."""
-    return {"ename": type(exc).__name__, "evalue": str(exc),
-            "traceback": [line.rstrip("\n") for line in traceback.format_exception(exc)]}
-
-
-def answered(method: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """`method(*args)` (complete, inspect, is_complete), or Jupyter's error reply content
-    (`status: "error"`) if it raises: IPython fails on some requests (a completion far
-    outside the code), and a request must never end the kernel."""
-    try:
-        return method(*args)
-    except Exception as exc:  # noqa: BLE001  (whatever it is, it is this request's answer)
-        return {"status": "error", **failure(exc)}
-
-
-def _no_stdin(prompt: str = "", stream: Any = None) -> str:
-    raise StdinNotImplementedError(
-        "input() was called, but this execution does not accept input: "
-        "pass allow_stdin=True to execute/execute_stream to answer input requests"
-    )
+    def memory_bytes(self) -> int | None:
+        return self.backend.memory_bytes() if self.backend is not None else None

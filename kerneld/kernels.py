@@ -30,11 +30,11 @@ import psutil
 import sandbox
 from kerneld import lifecycle
 from kerneld import protocol as p
-from kerneld.access import Caller
+from kerneld.backends.inprocess import InProcessBackend, start_inprocess
 from kerneld.errors import KernelError, KernelNotFound, KernelStartError, SandboxUnavailable
 from kerneld.execution import Execution
-from kerneld.hostdir import HostDir, open_host_dir
-from kerneld.inprocess import InProcessKernel
+from kerneld.permissions import Lowered, lower
+from kerneld.permissions.hostdir import HostDir
 
 if TYPE_CHECKING:
     from kerneld.manager import KernelManager
@@ -80,7 +80,6 @@ class _Kernel:
                  mode: KernelMode, options: dict[str, Any]) -> None:
         self.manager, self.id, self.namespace, self.mode = manager, kernel_id, namespace, mode
         self.options = options
-        self.env: dict[str, str] = options["env"]
         self.status = "starting"
         self.created = time.time()
         self.pid: int | None = None
@@ -92,7 +91,7 @@ class _Kernel:
         self.queue: collections.deque[Execution] = collections.deque()
         self.current: Execution | None = None
         self.last_activity = time.monotonic()
-        self.backend: InProcessKernel | None = None
+        self.backend: InProcessBackend | None = None
         self.proxy: Any = None
         self.activated_env: dict[str, str] = {}
         self._hello: asyncio.Future[None] | None = None
@@ -103,12 +102,19 @@ class _Kernel:
         self._asks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._restarting = False
         self._restart_lock = asyncio.Lock()
-        profile = manager.load_profile(options["profile"])
-        self.profile = profile.narrow(options["permissions"], options["limits"])
+        # the request validated and lowered once (permissions.lower); restart reuses it
+        self.lowered: Lowered = lower(
+            manager.load_profile(options["profile"]), env=options["env"],
+            filesystem=options["filesystem"], permissions=options["permissions"],
+            limits=options["limits"], runtime_prefix=self._runtime_prefix())
+        self.profile = self.lowered.profile
+        self.env: dict[str, str] = dict(self.lowered.env)
         cfg = manager.config
         caller = options.get("caller")
         self.owner = caller.principal if caller is not None else None  # None: this program
-        self.host_dir = self._open_host_dir(options["filesystem"], caller)
+        # resolved once into a checked, pinned directory (the worker mounts that very inode)
+        self.host_dir: HostDir | None = self.lowered.open_host_dir(
+            mount_roots=cfg.mount_roots, caller=caller)
         self.inactivity_timeout: float | None = _first(
             options["inactivity_timeout"], self.profile.inactivity_timeout,
             cfg.inactivity_timeout) or None
@@ -124,47 +130,21 @@ class _Kernel:
     async def start(self) -> None:
         self.status = "starting"
         if self.mode is KernelMode.IN_PROCESS:
-            loop = asyncio.get_running_loop()
-            self.backend = InProcessKernel(loop, self.on_message, self.env)
-            await self.backend.ready
+            self.backend = await start_inprocess(self.env, self)
         elif not await self.manager.pool.take(self):
             await self._spawn()
         self.status = "idle"
         self.touch()
         self._start_next()
 
-    def _open_host_dir(self, request: dict[str, Any] | None,
-                       caller: Caller | None) -> HostDir | None:
-        """The kernel's `filesystem.root`, resolved once into a checked, pinned directory (the
-        worker mounts exactly that inode; see `kerneld.hostdir`). A root the request names is
-        held to `mount_roots` and checked as the caller; one from the profile is the admin's."""
-        if not request and not self.profile.filesystem.enabled:
-            return None  # the common case: nothing to mount, nothing to parse
-        fs = self.profile.effective_filesystem(request, self._runtime_prefix())
-        if not fs.enabled or fs.root is None:
-            return None
-        from_request = bool(request) and "root" in request
-        return open_host_dir(fs.root, write=not fs.read_only,
-                             roots=self.manager.config.mount_roots if from_request else None,
-                             caller=caller if from_request else None)
-
     def _runtime_prefix(self) -> str:
         return os.path.dirname(os.path.dirname(self.manager.config.runtime_python))
 
     def build_policy(self, uid: int | None, cgroup_dirs: tuple[str, ...]) -> sandbox.Policy:
-        filesystem = self.options["filesystem"]
-        if self.host_dir is not None:  # never the request's path again: the checked one
-            filesystem = {**(filesystem or {}), "root": self.host_dir.path}
-        policy = self.profile.to_policy(
-            uid=uid, gid=uid, env=self.env, host_env=os.environ,
-            filesystem=filesystem, cgroup_dirs=cgroup_dirs,
-            bind_files=((self.manager.hub.socket_path, WORKER_SOCKET),),
-            runtime_prefix=self._runtime_prefix(), proxy_port=PROXY_PORT)
-        if self.host_dir is None or not policy.mounts:
-            return policy
-        pinned = dataclasses.replace(policy.mounts[0],
-                                     identity=(self.host_dir.dev, self.host_dir.ino))
-        return dataclasses.replace(policy, mounts=(pinned, *policy.mounts[1:]))
+        return self.lowered.policy(
+            uid=uid, gid=uid, host_env=os.environ, host_dir=self.host_dir,
+            cgroup_dirs=cgroup_dirs, bind_files=((self.manager.hub.socket_path, WORKER_SOCKET),),
+            proxy_port=PROXY_PORT)
 
     async def _spawn(self) -> None:
         mgr = self.manager
@@ -174,7 +154,7 @@ class _Kernel:
             # m<pid>-: the owning manager's pid, so a later manager can sweep what a killed one
             # left behind (sandbox.cgroups.sweep)
             name = f"m{os.getpid()}-{self.id.replace(':', '_')}-{secrets.token_hex(4)}"
-            self.cgroup_dirs = sandbox.cgroups.create(name, self.profile.policy_limits())
+            self.cgroup_dirs = sandbox.cgroups.create(name, self.lowered.limits())
         policy = self.build_policy(self.uid, self.cgroup_dirs)
         if confine:
             missing = sandbox.check(policy, sandbox.probe())
@@ -214,16 +194,16 @@ class _Kernel:
                                        "network proxy could be attached)") from None
 
     async def _start_proxy(self) -> None:
-        from kerneld.netproxy import KernelProxy
+        from kerneld.net.proxy import KernelProxy
         assert self.pid is not None
-        allow, deny = self.profile.proxy_rules()
-        self.proxy = KernelProxy(kernel_id=self.id, rules=allow, deny_rules=deny)
+        self.proxy = KernelProxy(kernel_id=self.id, rules=self.lowered.net_allow,
+                                 deny_rules=self.lowered.net_deny)
         await self.proxy.start_in_netns(self.pid, PROXY_PORT)
 
     async def kill(self) -> None:
         """Kill the whole process tree (or stop the thread) and release what it held."""
         if self.backend is not None:
-            self.backend.stop()
+            await self.backend.kill()
             self.backend = None
         if self.proxy is not None:
             await self.proxy.close()

@@ -4,9 +4,11 @@ The manager's ticker calls `decide()` for every kernel a few times a second with
 `time.monotonic()`; tests call it with any clock they like. It returns the actions to take;
 the manager performs them.
 
-Stall policy (`on_stall`): "event" only reports; "interrupt" reports and interrupts; "restart"
-and "terminate" report and then restart / terminate the kernel. An interrupt that the code
-ignores for `stall_grace` seconds escalates to `escalation` ("restart" or "terminate").
+Stall policy (`on_stall`, one of `ON_STALL`): "event" only reports; "interrupt" reports and
+interrupts; "restart" and "terminate" report and then restart / terminate the kernel. An
+interrupt that the code ignores for `stall_grace` seconds escalates to `escalation` (one of
+`ESCALATIONS`: the profile's `stall_escalation`). Profiles validate their keys against these
+two tuples, so the values are listed once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 ON_STALL = ("event", "interrupt", "restart", "terminate")
+ESCALATIONS = ("restart", "terminate")
 
 
 class Action(str, Enum):

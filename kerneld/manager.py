@@ -57,8 +57,8 @@ from kerneld.errors import (
 )
 from kerneld.execution import Execution, ExecutionStream
 from kerneld.kernels import KernelMode, _Kernel
+from kerneld.permissions import PROFILE_NAME, Profile, load_profile, profile_report
 from kerneld.pool import Pool
-from kerneld.profiles import PROFILE_NAME, Profile, load_profile
 from kerneld.spawner import ProcessWatch, WorkerHub, ZygoteClient
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,6 @@ class KernelManager:
         """`kerneld profile check NAME` answered here: the profile a new kernel would get (the
         same lookup, rules and cache as `create_kernel`) and what this host can enforce of it.
         Returns {profile, source, report} (`report`: the text `profile_report` prints)."""
-        from kerneld.profiles import profile_report
         loaded = self.load_profile(profile or self.config.default_profile)
         report = profile_report(loaded)
         if not self.config.confine:
@@ -232,8 +231,8 @@ class KernelManager:
 
         `caller`: who asked, when that is not this program (the daemon passes its client's
         peer credentials): a requested `filesystem.root` is then opened and checked with the
-        caller's rights (`kerneld.hostdir`), so a request never mounts what its caller could
-        not read or write itself."""
+        caller's rights (`kerneld.permissions.hostdir`), so a request never mounts what its
+        caller could not read or write itself."""
         kernel_id = self._new_id(id, namespace)
         _check_seconds("inactivity_timeout", inactivity_timeout,
                        "0: never; null: the profile's or the configured default")
@@ -247,7 +246,6 @@ class KernelManager:
                                    "(allow_in_process = false in the daemon config)")
         if len(self._kernels) >= self.config.max_kernels:
             raise LimitExceeded(f"kernel limit reached (max_kernels = {self.config.max_kernels})")
-        env = _check_env(env)
         options = {"profile": profile or self.config.default_profile, "env": env,
                    "filesystem": filesystem, "permissions": permissions, "limits": limits,
                    "inactivity_timeout": inactivity_timeout,
@@ -697,19 +695,6 @@ def _mode(mode: KernelMode | str) -> KernelMode:
         return KernelMode(getattr(mode, "value", mode))
     except ValueError:
         raise InvalidArgument(f"unknown kernel mode {mode!r}: use 'worker' or 'in_process'")
-
-
-def _check_env(env: dict[str, str] | None) -> dict[str, str]:
-    if env is None:
-        return {}
-    if not isinstance(env, dict):
-        raise InvalidArgument("env must be a mapping of names to strings")
-    for name, value in env.items():
-        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
-            raise InvalidArgument(f"invalid environment variable name {name!r}")
-        if not isinstance(value, str) or "\0" in value:
-            raise InvalidArgument(f"environment variable {name} must be a string without NUL")
-    return dict(env)
 
 
 def create_kernel_manager(config: ManagerConfig | None = None) -> KernelManager:

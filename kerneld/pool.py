@@ -194,7 +194,7 @@ class Pool:
         if kernel.init_pid is not None:
             mgr.track_pid(kernel.init_pid, kernel)
         # the worker was confined for this profile with no caller env; the caller's env
-        # (checked by the manager) goes on top, as Profile.build_env would put it
+        # (validated by permissions.lower) goes on top, as Lowered.policy would put it
         kernel.send(p.Activate({**worker.activated_env, **kernel.env}))
 
     def on_zygote_message(self, msg: Any) -> None:

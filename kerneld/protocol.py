@@ -48,7 +48,6 @@ EVENT_TYPES = frozenset({
     "stream", "display_data", "update_display_data", "execute_result", "execute_error",
     "clear_output", "input_request", "execution_stalled",
 })
-KERNEL_EVENT_TYPES = frozenset({"kernel_died", "kernel_restarted", "kernel_terminated"})
 
 
 class KernelEvent(msgspec.Struct, frozen=True):

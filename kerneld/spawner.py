@@ -2,7 +2,7 @@
 that outlived their zygote, and the workers' ZeroMQ hub.
 
 Process model: lives in the manager's process and event loop (the daemon's, or the embedding
-program's). `ZygoteClient` starts the zygote (`kerneld.zygote`) by exec of the runtime
+program's). `ZygoteClient` starts the zygote (`kerneld.runtime.zygote`) by exec of the runtime
 interpreter with a clean environment and asks it for forks over pipes. `WorkerHub` binds the one
 ROUTER socket every worker connects to; each worker's routing id is its kernel's secret token,
 so a worker can only ever speak for its own kernel.
@@ -11,7 +11,7 @@ State: pending fork requests (req id → future); the hub's token → sink map; 
 watched processes (`ProcessWatch`).
 
 Liveness: the zygote reaps workers and reports `Exited`. If the zygote itself dies, its kernels
-do not (each one ends with the manager's process instead: see `kerneld.zygote`); the client
+do not (each one ends with the manager's process instead: see `kerneld.runtime.zygote`); the client
 reports the death through `on_exit`, and the manager then watches each kernel process with a
 pidfd (`ProcessWatch`): under `kerneld serve`, a child subreaper, they are the daemon's
 children by then, reaped there with their exit status; in an embedding program they go to
@@ -42,15 +42,18 @@ import prctl
 import zmq
 
 from kerneld import protocol as p
-from kerneld._service import Tally
+from kerneld.systemd import Tally
 from kerneld.errors import KernelStartError
 
 log = logging.getLogger(__name__)
 
 SOURCE_DIR = str(Path(__file__).resolve().parent.parent)
-_BOOT = ("import sys; sys.path.insert(0, {src!r}); "
-         "from kerneld.zygote import main; main(sys.argv[1:])")
-IPYTHON_DIR_PREFIX = "kerneld-ipython-"  # kerneld.zygote.IPYTHON_DIR_PREFIX (not imported here)
+# SIGINT ignored and the death signal armed before the zygote's module loads (~0.5 s: it loads
+# all a worker runs, see kerneld.runtime.zygote)
+_BOOT = ("import signal, sys, prctl; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+         "prctl.set_pdeathsig(signal.SIGKILL); sys.path.insert(0, {src!r}); "
+         "from kerneld.runtime.zygote import main; main(sys.argv[1:])")
+IPYTHON_DIR_PREFIX = "kerneld-ipython-"  # kerneld.runtime.zygote.IPYTHON_DIR_PREFIX (not imported)
 OLD_IPYTHON_DIR_AGE = 600.0  # seconds: an unnamed one (older zygotes) is stale after this
 STRAY_GRACE = 1.0  # seconds for a kernel to claim a fork its dead zygote reported late
 

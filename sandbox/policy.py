@@ -1,8 +1,8 @@
 """The confinement policy of one worker: a plain, immutable description of what it may do.
 
-`kerneld.profiles` lowers a TOML profile (plus a request's narrowing) into a `Policy`;
-`sandbox.apply(policy)` enforces it inside the freshly forked worker. Nothing here touches the
-OS: policies are data, so they can be built, compared and unit-tested anywhere.
+`kerneld.permissions.lower` lowers a TOML profile (plus a request's narrowing) into a
+`Policy`; `sandbox.apply(policy)` enforces it inside the freshly forked worker. Nothing here
+touches the OS: policies are data, so they can be built, compared and unit-tested anywhere.
 
 Paths are absolute host paths, already resolved (symlinks followed) by whoever built the policy.
 `ALL` stands for Deno's `true` ("every path" / "every program" / "every kind").
@@ -10,8 +10,8 @@ Paths are absolute host paths, already resolved (symlinks followed) by whoever b
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 ALL: Literal["*"] = "*"
 
@@ -125,37 +125,3 @@ class Policy:
     enforcement: Enforcement = "strict"
     ffi: bool = False
 
-
-def to_dict(policy: Policy) -> dict[str, Any]:
-    """A plain dict (str/int/list/dict only) of `policy`, for msgpack/JSON between processes."""
-    return asdict(policy)
-
-
-def _tuple(value: Any) -> Any:
-    return value if value == ALL else tuple(value)
-
-
-def from_dict(data: dict[str, Any]) -> Policy:
-    """Inverse of `to_dict`; unknown keys are errors (a typo must not widen or drop a rule)."""
-    known = {f.name for f in fields(Policy)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown Policy keys: {sorted(unknown)}")
-    kw: dict[str, Any] = dict(data)
-    for name in ("read", "write", "exec_paths", "sys"):
-        if name in kw:
-            kw[name] = _tuple(kw[name])
-    for name in ("deny_read", "deny_write", "system_paths", "cgroup_dirs"):
-        if name in kw:
-            kw[name] = tuple(kw[name])
-    if "net" in kw:
-        kw["net"] = NetPolicy(**kw["net"])
-    if "limits" in kw:
-        kw["limits"] = Limits(**kw["limits"])
-    if "mounts" in kw:
-        kw["mounts"] = tuple(Mount(**m) for m in kw["mounts"])
-    if "bind_files" in kw:
-        kw["bind_files"] = tuple((str(a), str(b)) for a, b in kw["bind_files"])
-    if "env" in kw:
-        kw["env"] = tuple((str(a), str(b)) for a, b in kw["env"])
-    return Policy(**kw)

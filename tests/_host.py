@@ -14,9 +14,9 @@ def sandbox_missing(mount: bool = False) -> str | None:
         return "needs root"
     try:
         import sandbox
-        from kerneld.profiles import load_profile
+        from kerneld.permissions import load_profile, lower
         features = sandbox.probe()
-        policy = load_profile("default").to_policy(uid=200000, gid=200000)
+        policy = lower(load_profile("default")).policy(uid=200000, gid=200000)
         missing = sandbox.check(policy, features)
         if mount:
             missing += sandbox.check(sandbox.Policy(uid=64000, gid=64000, mounts=(

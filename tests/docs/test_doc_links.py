@@ -181,7 +181,7 @@ def test_the_checker_catches_what_issue_16_found() -> None:
         found = problems(doc, text + "\n")
         assert any(why in p for p in found), (text, found)
     fine = ("# Top\n[api](api.md#events) [top](#top) [web](https://deno.com) "
-            "`kerneld/netproxy.py` `/etc/kerneld/kerneld.toml` `p.toml` [readme](../README.md)"
+            "`kerneld/net/proxy.py` `/etc/kerneld/kerneld.toml` `p.toml` [readme](../README.md)"
             " `etc/profiles/*.toml` sandbox.md [dir](../tests/attacks)\n"
             "```python\nd[k](x)\n```\n")
     assert problems(doc, fine) == []

@@ -37,7 +37,7 @@ def zygote_of(daemon: Daemon) -> psutil.Process:
     the zygote reads a pipe from the daemon (a worker's stdin is /dev/null)."""
     for child in psutil.Process(daemon.pid).children():
         try:
-            if ("kerneld.zygote" in " ".join(child.cmdline())
+            if ("kerneld.runtime.zygote" in " ".join(child.cmdline())
                     and os.readlink(f"/proc/{child.pid}/fd/0").startswith("pipe:")):
                 return child
         except (psutil.Error, OSError):

@@ -471,7 +471,7 @@ class FuzzDaemon:
                 children = psutil.Process(self.daemon.pid).children()
             except psutil.Error:
                 return []
-            workers = [w for z in children if "kerneld.zygote" in " ".join(z.cmdline())
+            workers = [w for z in children if "kerneld.runtime.zygote" in " ".join(z.cmdline())
                        for w in z.children() if "kerneld-init" not in " ".join(w.cmdline())]
             extra = sorted(w.pid for w in alive(workers) if w.pid not in owned)
             if not extra or time.monotonic() > deadline:

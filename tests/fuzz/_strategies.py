@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 from hypothesis import strategies as st
 
+from kerneld import KernelEvents
 from kerneld import protocol as p
 from kerneld.ops import OPS
 
@@ -37,7 +38,8 @@ NAMESPACES = ("fzns", "fzx")
 PROFILES = ("default", "data-science", "networked", "trusted")
 MOUNT_ROOT = os.path.join(tempfile.gettempdir(), f"kerneld-fuzz-mnt-{os.getpid()}")
 SUBSCRIPTION_REF = "\x00previous-subscribe"  # replaced by the id of the example's last subscribe
-EVENT_NAMES = (*sorted(p.EVENT_TYPES | p.KERNEL_EVENT_TYPES), "*")
+# what a listener may subscribe to: the public vocabulary, "*" last
+EVENT_NAMES = (*sorted(e.value for e in KernelEvents if e is not KernelEvents.ALL), "*")
 
 SNIPPETS = (
     "1+1", "print('fuzz')", "x = 41\nx + 1", "import sys; sys.stderr.write('err\\n')",
@@ -462,7 +464,7 @@ def worker_message(draw: st.DrawFn) -> WorkerMsg:
                                  "multi", "tag", "deep"]))
     if kind == "output":
         exec_id = _exec_id(draw)
-        typ = _field(draw, st.sampled_from(sorted(p.EVENT_TYPES | p.KERNEL_EVENT_TYPES)))
+        typ = _field(draw, st.sampled_from(EVENT_NAMES[:-1]))
         data = _field(draw, st.dictionaries(st.text(max_size=8), ANY, max_size=4) | st.just(
             {"name": "stdout", "text": "spoofed\n"}))
         return WorkerMsg(kind, lambda ids: [msgspec.msgpack.encode(

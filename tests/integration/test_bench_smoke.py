@@ -16,10 +16,12 @@ import psutil
 import pytest
 
 import sandbox
-from kerneld.bench import METRICS
 from kerneld.config import ManagerConfig
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+sys.path.append(str(ROOT / "bench"))  # the harness is in the checkout, not in the package
+from kerneld_bench import METRICS
+
 RUNTIME = ManagerConfig().runtime_python
 FEATURES = sandbox.probe()
 REQUIRED = ("create_cold_ms", "create_pool_ms", "rtt_ms", "throughput_1x1_per_s",

@@ -106,6 +106,5 @@ def test_version_profile_check_and_bench() -> None:
     missing = cli("profile", "check", "no-such-profile")
     assert missing.returncode == 1 and "not found" in missing.stderr
     bench = cli("bench", "--help")
-    assert bench.returncode in (0, 1)
-    if bench.returncode == 1:
-        assert "kerneld.bench" in bench.stderr
+    assert bench.returncode == 0, bench.stderr  # from a checkout: bench/kerneld_bench
+    assert "usage: kerneld bench" in bench.stdout

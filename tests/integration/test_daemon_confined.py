@@ -72,7 +72,7 @@ def test_worker_and_zygote_crashes_do_not_take_the_daemon_down(daemon: Daemon) -
         assert died and died[0].data["kernel_id"] == kid
 
         zygote = next(p for p in psutil.Process(daemon.pid).children()
-                      if "kerneld.zygote" in " ".join(p.cmdline()))
+                      if "kerneld.runtime.zygote" in " ".join(p.cmdline()))
         zygote.kill()
         zygote.wait(5)
         time.sleep(0.2)

@@ -46,7 +46,7 @@ def test_sigterm_ends_executions_and_leaves_nothing(daemon: Daemon) -> None:
     kids = [client.create_kernel() for _ in range(3)]
     tree = daemon.tree()
     assert len(tree) >= 5  # daemon, zygote, three workers
-    assert any("kerneld.zygote" in c for c in _cmdlines(tree))
+    assert any("kerneld.runtime.zygote" in c for c in _cmdlines(tree))
     box: dict[str, object] = {}
 
     def run_forever() -> None:

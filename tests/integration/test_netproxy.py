@@ -25,8 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from kerneld.netmatch import IPAddress
-from kerneld.netproxy import KernelProxy
+from kerneld.net.match import IPAddress
+from kerneld.net.proxy import KernelProxy
 
 
 class _Hello(BaseHTTPRequestHandler):

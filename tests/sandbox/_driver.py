@@ -3,7 +3,7 @@
 It imports everything a confined snippet may use *before* forking (after `apply` the checkout
 and the test venv are not visible), then serves JSON-line requests on stdin:
 
-    {"policy": <sandbox.policy.to_dict subset>, "code": "...", "timeout": 10,
+    {"policy": <a subset of dataclasses.asdict(Policy)>, "code": "...", "timeout": 10,
      "cgroup": {"limits": {...}} | null, "unconfined": false}
 
 For each one it (optionally) creates a cgroup, forks with `sandbox.fork`, and in the child runs
@@ -32,10 +32,11 @@ from typing import Any
 import IPython  # noqa: F401  - preloaded for snippets
 import numpy  # noqa: F401
 import zmq  # noqa: F401
+from _policy_dict import policy_from_dict
 
 import sandbox
 from sandbox import cgroups
-from sandbox.policy import Limits, from_dict
+from sandbox.policy import Limits
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -105,7 +106,7 @@ def _collect(pid: int, r: int, timeout: float, dirs: tuple[str, ...]) -> tuple[b
 
 
 def handle(req: dict[str, Any], counter: int) -> dict[str, Any]:
-    policy = from_dict(req.get("policy", {}))
+    policy = policy_from_dict(req.get("policy", {}))
     dirs: tuple[str, ...] = ()
     if req.get("cgroup") is not None:
         limits = Limits(**req["cgroup"].get("limits", {}))

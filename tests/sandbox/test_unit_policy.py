@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import msgspec
 import pytest
+from _policy_dict import policy_from_dict
 
 from sandbox import ALL, HostFeatures, Limits, Mount, NetPolicy, Policy, check
-from sandbox.policy import from_dict, to_dict
 
 ALL_NS = frozenset({"user", "mnt", "net", "pid", "ipc", "uts", "cgroup"})
 
@@ -19,19 +22,28 @@ def features(**kw: object) -> HostFeatures:
     return HostFeatures(**base)  # type: ignore[arg-type]
 
 
-def test_round_trip_through_plain_data() -> None:
-    p = Policy(uid=64001, gid=64001, read=("/data",), write=ALL, exec_paths=("/usr/bin/true",),
-               sys=("loadavg",), net=NetPolicy(mode="proxy", proxy_port=9),
-               mounts=(Mount("/srv/k", "/home/kernel"), Mount("/srv/j", "/j", True, 7, 8)),
-               bind_files=(("/run/a", "/run/b"),),
-               limits=Limits(memory_bytes=1, processes=None), env=(("A", "1"),))
-    assert from_dict(to_dict(p)) == p
-    assert from_dict({}) == Policy()
+ROUND_TRIP = Policy(
+    uid=64001, gid=64001, read=("/data",), write=ALL, exec_paths=("/usr/bin/true",),
+    sys=("loadavg",), net=NetPolicy(mode="proxy", proxy_port=9),
+    mounts=(Mount("/srv/k", "/home/kernel"), Mount("/srv/j", "/j", True, 7, 8, (3, 4))),
+    bind_files=(("/run/a", "/run/b"),), limits=Limits(memory_bytes=1, processes=None),
+    env=(("A", "1"),))
+
+
+def test_round_trip_through_the_zygote_wire() -> None:
+    """What the daemon does: msgpack a Policy (ForkRequest.policy), the zygote converts it."""
+    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(ROUND_TRIP))
+    assert msgspec.convert(wire, Policy) == ROUND_TRIP
+
+
+def test_round_trip_through_the_test_drivers_dicts() -> None:
+    assert policy_from_dict(dataclasses.asdict(ROUND_TRIP)) == ROUND_TRIP
+    assert policy_from_dict({}) == Policy()
 
 
 def test_unknown_keys_are_errors() -> None:
     with pytest.raises(ValueError, match="unknown Policy keys"):
-        from_dict({"raed": ["/etc"]})
+        policy_from_dict({"raed": ["/etc"]})
 
 
 def test_fully_capable_host_reports_nothing() -> None:
@@ -101,5 +113,5 @@ def test_idmapped_mounts_only_needed_for_mounts_and_a_uid_switch() -> None:
 
 def test_old_mount_dicts_still_load() -> None:
     """Policies serialised before `map_uid`/`map_gid` existed mean "the source's owner"."""
-    p = from_dict({"mounts": [{"source": "/a", "target": "/b", "read_only": True}]})
+    p = policy_from_dict({"mounts": [{"source": "/a", "target": "/b", "read_only": True}]})
     assert p.mounts == (Mount("/a", "/b", True, None, None),)

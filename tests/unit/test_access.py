@@ -11,7 +11,7 @@ import pytest
 from kerneld.access import Caller, ProfileAccess, parse_principal
 from kerneld.config import ConfigError, load_daemon_config
 from kerneld.errors import PermissionDenied
-from kerneld.hostdir import open_host_dir
+from kerneld.permissions.hostdir import open_host_dir
 
 ALICE = Caller(1000, 1000, 4242, (1000, 27))
 

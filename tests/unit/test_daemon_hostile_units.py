@@ -13,12 +13,12 @@ import msgspec
 import pytest
 
 from kerneld import protocol as p
-from kerneld._service import Tally
 from kerneld.config import ConfigError, load_daemon_config
 from kerneld.errors import InvalidArgument, PermissionDenied
 from kerneld.manager import KernelManager
 from kerneld.ops import OPS, check_args
-from kerneld.server import _internal
+from kerneld.service import _internal
+from kerneld.systemd import Tally
 
 # ---------------------------------------------------------------------- the request-id scanner
 
@@ -100,8 +100,8 @@ class _Clock:
 def test_the_tally_warns_a_few_times_then_once_per_interval(
         caplog: pytest.LogCaptureFixture) -> None:
     clock = _Clock()
-    tally = Tally(logging.getLogger("kerneld.server"), "bad request answered", first=3, interval=60.0, clock=clock)
-    with caplog.at_level(logging.DEBUG, logger="kerneld.server"):
+    tally = Tally(logging.getLogger("kerneld.fronts.zmq"), "bad request answered", first=3, interval=60.0, clock=clock)
+    with caplog.at_level(logging.DEBUG, logger="kerneld.fronts.zmq"):
         for i in range(1_000):
             tally.note(f"id='r{i}'")
             clock.now += 0.01
@@ -111,7 +111,7 @@ def test_the_tally_warns_a_few_times_then_once_per_interval(
     assert warnings == [f"bad request answered count=1 total={n} last: id='r{n - 1}'"
                         for n in (1, 2, 3)]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="kerneld.server"):
+    with caplog.at_level(logging.WARNING, logger="kerneld.fronts.zmq"):
         tally.flush()  # less than a minute since the last warning: nothing yet
         clock.now += 60
         tally.flush()

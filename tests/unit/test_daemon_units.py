@@ -10,12 +10,12 @@ import uuid
 
 import pytest
 
-from kerneld._service import Notifier as _Notifier
-from kerneld._service import _Formatter
 from kerneld.cli import render_event
 from kerneld.manager import KernelManager
 from kerneld.ops import OPS
 from kerneld.protocol import KernelEvent
+from kerneld.systemd import Notifier as _Notifier
+from kerneld.systemd import _Formatter
 
 
 def test_every_manager_op_exists_on_the_manager_and_the_clients() -> None:
@@ -30,10 +30,10 @@ def test_every_manager_op_exists_on_the_manager_and_the_clients() -> None:
 
 
 def test_log_lines_are_plain_and_journal_prefixed() -> None:
-    record = logging.LogRecord("kerneld.server", logging.WARNING, __file__, 1,
+    record = logging.LogRecord("kerneld.daemon", logging.WARNING, __file__, 1,
                                "kernel died kernel=%s", ("k1",), None)
-    assert _Formatter(False).format(record) == "WARNING kerneld.server: kernel died kernel=k1"
-    assert _Formatter(True).format(record) == "<4>WARNING kerneld.server: kernel died kernel=k1"
+    assert _Formatter(False).format(record) == "WARNING kerneld.daemon: kernel died kernel=k1"
+    assert _Formatter(True).format(record) == "<4>WARNING kerneld.daemon: kernel died kernel=k1"
 
 
 def test_sd_notify_to_an_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,3 +75,34 @@ def test_cli_rendering() -> None:
     assert _render("execute_error", {"ename": "E", "evalue": "v",
                                      "traceback": ["line 1", "E: v"]}) == ("", "line 1\nE: v\n")
     assert _render("clear_output", {"wait": False}) == ("", "")
+
+
+async def test_coroutine_listeners_are_kept_and_cancelled_when_the_client_closes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from kerneld.client import AsyncClient
+    client = AsyncClient("ipc:///nonexistent/kerneld.sock")
+    died = KernelEvent("kernel_died", {}, "k")
+    started, cancelled = asyncio.Event(), []
+
+    async def waits(event: KernelEvent) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(event)
+            raise
+
+    async def fails(event: KernelEvent) -> None:
+        raise ValueError("a listener's bug")
+
+    with caplog.at_level(logging.ERROR, logger="kerneld.client"):
+        client._call_listener(waits, died)
+        client._call_listener(fails, died)
+        await started.wait()
+        await asyncio.sleep(0)
+    assert "event listener failed" in caplog.text and "a listener's bug" in caplog.text
+    assert len(client._listeners) == 1  # the one still running is referenced
+    await client.close()
+    assert cancelled == [died] and not client._listeners

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kerneld.kernel import Engine
+from kerneld.runtime.engine import Engine
 
 
 @pytest.fixture(scope="module")

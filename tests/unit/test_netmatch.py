@@ -1,4 +1,4 @@
-"""Pure tests of the net allowlist matcher (kerneld.netmatch): parsing, Deno semantics,
+"""Pure tests of the net allowlist matcher (kerneld.net.match): parsing, Deno semantics,
 special-address policy, and rule coverage used for narrowing."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from kerneld.netmatch import (
+from kerneld.net.match import (
     ALL,
     NetRule,
     RuleError,

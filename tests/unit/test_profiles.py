@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from kerneld.errors import InvalidArgument, PermissionDenied, ProfileError
-from kerneld.netmatch import ALL, NetRule
-from kerneld.profiles import (
+from kerneld.net.match import ALL, NetRule
+from kerneld.permissions import (
     Profile,
     available_profiles,
     load_profile,
+    lower,
+    narrow,
     packaged_profiles_dir,
     parse_profile,
     parse_size,
@@ -40,9 +42,11 @@ def err(text: str) -> str:
 
 
 def policy(p: Profile, **kw: object) -> Policy:
+    """`lower` then `Lowered.policy`: the request's keys go to the one, the host's to the other."""
     kw.setdefault("uid", 1234)
     kw.setdefault("gid", 1234)
-    return p.to_policy(**kw)  # type: ignore[arg-type]
+    request = {k: kw.pop(k) for k in ("env", "filesystem", "runtime_prefix") if k in kw}
+    return lower(p, **request).policy(**kw)  # type: ignore[arg-type]
 
 
 # --- shipped profiles -------------------------------------------------------------------------
@@ -86,7 +90,7 @@ def test_networked_profile() -> None:
     p = load_profile("networked")
     assert p.net_mode() == "proxy"
     assert "*.github.com:443" in p.net and "pypi.org:443" in p.net
-    allow, deny = p.proxy_rules()
+    allow, deny = lower(p).net_allow, lower(p).net_deny
     assert NetRule.parse("pypi.org:443") in allow and deny == (NetRule.parse("gist.github.com"),)
     env = dict(policy(p, proxy_port=4000).env)
     assert env["HTTPS_PROXY"] == env["http_proxy"] == "http://127.0.0.1:4000"
@@ -192,7 +196,7 @@ def test_every_key(tmp_path: Path) -> None:
 
 
 def test_sys_kinds_are_known_to_the_sandbox() -> None:
-    from kerneld.profiles import SYS_KINDS
+    from kerneld.permissions import SYS_KINDS
     from sandbox.policy import SYS_KINDS as SANDBOX_KINDS
     assert {k for k in SYS_KINDS.values() if k is not None} <= set(SANDBOX_KINDS)
     p = parse('sys = ["osUptime", "version", "osRelease", "loadavg", "cpus", "homedir"]')
@@ -225,7 +229,7 @@ def test_sys_kinds_the_docs_name_are_what_the_loader_does(doc: str) -> None:
     """Issue 16 item 10: default.toml listed networkInterfaces as valid, profiles.md said it is
     refused, the loader called it unknown. Every kind a doc names as granted loads; every
     kind it names as refused is refused with the reason."""
-    from kerneld._profile_values import REFUSED_SYS_KINDS, SYS_KINDS
+    from kerneld.permissions.values import REFUSED_SYS_KINDS, SYS_KINDS
     assert not set(SYS_KINDS) & set(REFUSED_SYS_KINDS)
     text = (ROOT / doc).read_text()
     if doc.endswith(".md"):  # the `sys` kinds bullet
@@ -272,7 +276,7 @@ def test_true_means_all() -> None:
 def test_net_true_with_deny_goes_through_the_proxy() -> None:
     p = parse('net = true\ndeny_net = ["evil.example"]')
     assert p.net_mode() == "proxy"
-    allow, deny = p.proxy_rules()
+    allow, deny = lower(p).net_allow, lower(p).net_deny
     assert allow == ALL and deny == (NetRule.parse("evil.example"),)
     assert "HTTP_PROXY" in dict(policy(p).env)
 
@@ -289,14 +293,14 @@ def test_zero_timeouts_disable() -> None:
 
 
 def test_false_limit_means_unlimited(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="kerneld.profiles")
+    caplog.set_level("INFO", logger="kerneld.permissions.profile")
     p = parse("[limits]\nmemory = false\ncpu_seconds = false")
     assert p.limits.memory is None and policy(p).limits.memory_bytes is None
     assert "key=limits.memory value=false unrestricted=1" in caplog.text
 
 
 def test_unrestricted_grants_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="kerneld.profiles")
+    caplog.set_level("INFO", logger="kerneld.permissions.profile")
     parse("net = true", name="wide")
     assert "profile=wide key=net value=true unrestricted=1" in caplog.text
 
@@ -507,11 +511,11 @@ def base() -> Profile:
 
 
 def test_narrow_nothing_is_identity() -> None:
-    assert base().narrow(None, None) == base() == base().narrow({}, {})
+    assert narrow(base(), None, None) == base() == narrow(base(), {}, {})
 
 
 def test_narrow_subsets() -> None:
-    p = base().narrow({"read": ["/srv/data/sub", "/srv/out/x"], "write": ["/srv/out/y"],
+    p = narrow(base(), {"read": ["/srv/data/sub", "/srv/out/x"], "write": ["/srv/out/y"],
                        "net": ["api.example.com:443", "example.com:443", "10.1.0.0/16"],
                        "env": ["AWS_REGION", "AWS_S3_*", "TZ"], "run": ["/usr/bin/git"],
                        "sys": ["meminfo"]}, None)
@@ -523,13 +527,13 @@ def test_narrow_subsets() -> None:
 
 
 def test_narrow_inherits_unnamed_keys_and_can_remove() -> None:
-    p = base().narrow({"net": [], "write": False}, None)
+    p = narrow(base(), {"net": [], "write": False}, None)
     assert p.net == () and p.write == () and p.read == base().read
     assert policy(p).net.mode == "none"
 
 
 def test_narrow_adds_denies() -> None:
-    p = base().narrow({"deny_net": ["secret.example.com"], "deny_env": ["AWS_SECRET*"]}, None)
+    p = narrow(base(), {"deny_net": ["secret.example.com"], "deny_env": ["AWS_SECRET*"]}, None)
     assert p.deny_net == ("secret.example.com",) and p.deny_env == ("AWS_SECRET*",)
     assert not p.env_allowed("AWS_SECRET_ACCESS_KEY")
 
@@ -554,26 +558,26 @@ def test_narrow_adds_denies() -> None:
 ])
 def test_narrow_refuses_widening(perms: dict[str, object], key: str) -> None:
     with pytest.raises(PermissionDenied, match=rf"^request:permissions\.{key}: .*base"):
-        base().narrow(perms, None)
+        narrow(base(), perms, None)
 
 
 def test_narrow_true_allowed_when_profile_is_true() -> None:
-    assert parse("net = true").narrow({"net": True}, None).net == ALL
-    assert parse("net = true").narrow({"net": ["anything.example:22"]}, None).net == (
+    assert narrow(parse("net = true"), {"net": True}, None).net == ALL
+    assert narrow(parse("net = true"), {"net": ["anything.example:22"]}, None).net == (
         "anything.example:22",)
 
 
 def test_narrow_bad_values_are_profile_errors() -> None:
     with pytest.raises(ProfileError, match=r"^request:permissions\.read\[0\]: .*absolute"):
-        base().narrow({"read": ["relative"]}, None)
+        narrow(base(), {"read": ["relative"]}, None)
     with pytest.raises(ProfileError, match=r"^request:permissions\.network: unknown key"):
-        base().narrow({"network": []}, None)
+        narrow(base(), {"network": []}, None)
     with pytest.raises(ProfileError, match=r"^request:permissions: expected a table"):
-        base().narrow(["read"], None)  # type: ignore[arg-type]
+        narrow(base(), ["read"], None)  # type: ignore[arg-type]
 
 
 def test_narrow_limits() -> None:
-    p = base().narrow(None, {"memory": "256MiB", "cpu_seconds": 10, "wall_seconds": 5})
+    p = narrow(base(), None, {"memory": "256MiB", "cpu_seconds": 10, "wall_seconds": 5})
     assert p.limits.memory == 256 * MiB and p.limits.cpu_seconds == 10
     assert p.max_execution_time == 5
     assert p.limits.processes == base().limits.processes  # inherited
@@ -585,23 +589,23 @@ def test_narrow_limits() -> None:
 ])
 def test_narrow_limits_refuses_raising(limits: dict[str, object], key: str) -> None:
     with pytest.raises(PermissionDenied, match=rf"^request:limits\.{key}: .*exceeds"):
-        base().narrow(None, limits)
+        narrow(base(), None, limits)
 
 
 def test_narrow_limits_bad_value() -> None:
     with pytest.raises(ProfileError, match=r'^request:limits\.memory: expected a size'):
-        base().narrow(None, {"memory": "lots"})
+        narrow(base(), None, {"memory": "lots"})
     with pytest.raises(ProfileError, match=r"^request:limits\.gpu: unknown key"):
-        base().narrow(None, {"gpu": 1})
+        narrow(base(), None, {"gpu": 1})
 
 
 def test_narrow_limits_under_unlimited_profile() -> None:
     p = parse("[limits]\nmemory = false")
-    assert p.narrow(None, {"memory": "64MiB"}).limits.memory == 64 * MiB
+    assert narrow(p, None, {"memory": "64MiB"}).limits.memory == 64 * MiB
 
 
 def test_narrow_wall_never_raises_max_execution_time() -> None:
-    p = parse("max_execution_time = 3").narrow(None, {"wall_seconds": 60})
+    p = narrow(parse("max_execution_time = 3"), None, {"wall_seconds": 60})
     assert p.max_execution_time == 3
 
 
@@ -623,9 +627,9 @@ def test_report_with_fake_features() -> None:
     class Features:
         landlock_abi: int = 7
 
-    from kerneld import _profile_report
-    text = _profile_report.render_report(
+    from kerneld.permissions import report
+    text = report.render_report(
         load_profile("default"), Features(), lambda policy, features: ["seccomp"])
     assert "landlock_abi = 7" in text and "- seccomp" in text and "will NOT start" in text
-    text = _profile_report.render_report(load_profile("trusted"), Features(), lambda p, f: [])
+    text = report.render_report(load_profile("trusted"), Features(), lambda p, f: [])
     assert "UNRESTRICTED" in text and "every layer" in text

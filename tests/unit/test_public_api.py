@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
+from pathlib import Path
+
+import pytest
 
 import kerneld
 from kerneld import KernelEvents, KernelManager, KernelMode
@@ -15,6 +19,30 @@ def test_exported_names_are_pinned():
         "connect", "connect_async", "KernelError", "KernelNotFound", "InvalidArgument",
         "ProfileError", "PermissionDenied", "LimitExceeded", "SandboxUnavailable",
         "KernelStartError", "DaemonUnavailable", "InternalError", "__version__"])
+
+
+def test_every_exported_name_resolves_from_its_home():
+    """The lazy table (PEP 562) names the module that defines each name: nothing re-exported."""
+    assert set(dir(kerneld)) >= set(kerneld.__all__)
+    for name in kerneld.__all__:
+        value = getattr(kerneld, name)
+        home = kerneld._HOMES.get(name, "kerneld")
+        assert name == "__version__" or value.__module__ == home, (name, value.__module__)
+    assert set(kerneld._HOMES) < set(kerneld.__all__)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        kerneld.no_such_name  # noqa: B018
+
+
+def test_type_checkers_see_the_same_names_as_the_lazy_table():
+    """`if TYPE_CHECKING:` in kerneld/__init__.py imports exactly what `_HOMES` loads."""
+    tree = ast.parse(Path(kerneld.__file__).read_text())
+    seen = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for stmt in node.body:
+                assert isinstance(stmt, ast.ImportFrom) and stmt.module
+                seen.update({alias.name: stmt.module for alias in stmt.names})
+    assert {k: v for k, v in seen.items() if v != "kerneld.client"} == kerneld._HOMES
 
 
 def test_manager_has_every_spec_method():

@@ -1,5 +1,5 @@
-"""The zygote's memory preparation before it forks (kerneld/zygote.py): each step measurably
-does what it claims in this very process."""
+"""The zygote's memory preparation before it forks (kerneld/runtime/heap.py): each step
+measurably does what it claims in this very process."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import sys
 
 import pytest
 
-from kerneld import zygote
+from kerneld.runtime import heap
 
 
 def test_free_blocks_are_read_from_cpython_and_filled() -> None:
     junk = [bytes(100) for _ in range(20000)]
     del junk[::2]  # leave holes in partly used pools of one size class
     size_class = (sys.getsizeof(junk[0]) + 15) // 16 * 16
-    before = zygote._free_blocks()
+    before = heap.free_blocks()
     assert before[size_class] >= 10000, before
-    keep = zygote._fill_free_blocks()
-    after = zygote._free_blocks()
+    keep = heap.fill_free_blocks()
+    after = heap.free_blocks()
     assert len(keep) >= 10000
     # other classes get a few free blocks back at once (reading the statistics allocates
     # and frees small strings, as do other threads of the test process): look at ours
@@ -37,10 +37,10 @@ def test_malloc_holes_of_the_main_arena_are_filled() -> None:
     blocks = [malloc(2000) for _ in range(2000)]
     for b in blocks[::2]:
         free(b)  # ~2 MB of holes below the top of the heap
-    _, free_before = zygote._malloc_free_chunks(libc)
+    _, free_before = heap.malloc_free_chunks(libc)
     assert free_before > 1_000_000
-    keep = zygote._fill_malloc_holes()
-    _, free_after = zygote._malloc_free_chunks(libc)
+    keep = heap.fill_malloc_holes()
+    _, free_after = heap.malloc_free_chunks(libc)
     assert len(keep) >= 1000
     assert free_before - free_after > 1_500_000, (free_before, free_after)  # our holes, at least
 
@@ -57,7 +57,7 @@ def _thp_possible() -> bool:
 
 def test_heaps_are_collapsed_to_huge_pages_where_the_kernel_allows() -> None:
     ballast = bytearray(os.urandom(1 << 16)) * 256  # 16 MiB of touched anonymous memory
-    done = zygote._collapse_to_huge_pages()
+    done = heap.collapse_to_huge_pages()
     if _thp_possible():
         assert done > 0
         with open("/proc/self/smaps_rollup") as fh:

@@ -21,15 +21,20 @@ null, "ratio": float | null}}, "targets": {...}, "details": {...}}`. `ratio` is 
 better kerneld is (> 1 when it wins). For metrics where higher is better, "p99" is the tail
 value that 99 % of samples reach (the 1st percentile), so p99 is always the pessimistic side.
 
+Where it lives: `bench/kerneld_bench/` of the source checkout, next to the `kerneld` package but
+outside it, so the wheel does not ship a harness that needs ipykernel, jupyter_client and root.
+`kerneld bench` (kerneld/cli.py) puts `bench/` on `sys.path` and calls `main`; the scripts in
+`bench/` (profile.py, sandbox_layers.py) import it as their neighbour.
+
 Cleanup: every daemon, zygote, worker and ipykernel process the bench starts is recorded and
 ended on exit, error, Ctrl-C or SIGTERM (gracefully first, then SIGKILL).
 """
 
-from kerneld.bench.metrics import METRICS, summarize
-from kerneld.bench.procs import Reaper
-from kerneld.bench.report import main
-from kerneld.bench.sides import KerneldSide, kd_execute, kd_stream
-from kerneld.bench.workloads import CHUNK_CODE, PRINT_CODE
+from kerneld_bench.metrics import METRICS, summarize
+from kerneld_bench.procs import Reaper
+from kerneld_bench.report import main
+from kerneld_bench.sides import KerneldSide, kd_execute, kd_stream
+from kerneld_bench.workloads import CHUNK_CODE, PRINT_CODE
 
 __all__ = ["CHUNK_CODE", "METRICS", "PRINT_CODE", "KerneldSide", "Reaper", "kd_execute",
            "kd_stream", "main", "summarize"]

@@ -1,15 +1,15 @@
-"""Value parsers of permission profiles (private to `kerneld.profiles`).
+"""Value parsers of permission profiles (`kerneld.permissions`).
 
 Every parser takes `(where, value)`, where `where` is the `file:table.key` a message must cite,
 and either returns the validated value or raises `ProfileError(f"{where}: ...")`. Requests
-(`Profile.narrow`, `Profile.to_policy`) reuse the same parsers with `request:` as the file, so a
-value means the same thing in a profile file and in a request.
+(`narrow`, `lower`) reuse the same parsers with `request:` as the file, so a value means the
+same thing in a profile file and in a request. The scalar coercions, key tables and
+unknown-key errors are `kerneld.tomlkeys`' (shared with the daemon's config); what is here is
+what only profiles know: grants, net rules, env names, programs, sizes, limits, filesystem.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import re
 import shutil
@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from kerneld.errors import ProfileError
+from kerneld.net.match import NetRule, RuleError
+from kerneld.tomlkeys import TomlKeys
 from sandbox.policy import ALL
-
-from .errors import ProfileError
-from .netmatch import NetRule, RuleError
 
 Grant = tuple[str, ...] | Literal["*"]
 DEFAULT_RUNTIME_PREFIX = "/opt/kerneld/runtime"
@@ -46,8 +46,12 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGTkmgt])(i?)([Bb]?)|([Bb]?))\s*$")
 
 
-def fail(where: str, msg: str) -> ProfileError:
-    return ProfileError(f"{where}: {msg}")
+KEYS = TomlKeys(ProfileError)
+fail = KEYS.fail
+string = KEYS.string
+boolean = KEYS.boolean
+number = KEYS.number
+choice = KEYS.choice
 
 
 def parse_size(value: object) -> int:
@@ -80,39 +84,11 @@ def fmt_size(n: int | None) -> str:
     return f"{n}B"
 
 
-def string(where: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise fail(where, f"expected a string, got {value!r}")
-    return value
-
-
-def boolean(where: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise fail(where, f"expected true or false, got {value!r}")
-    return value
-
-
-def number(where: str, value: object, *, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise fail(where, f"expected a number, got {value!r}")
-    if value < minimum:
-        raise fail(where, f"must be >= {minimum:g}, got {value!r}")
-    return float(value)
-
-
 def timeout(where: str, value: object) -> float | None:
     """Seconds; 0 (or false) disables."""
     if value is False:
         return None
     return number(where, value) or None
-
-
-def choice(*options: str) -> Callable[[str, object], str]:
-    def parse(where: str, value: object) -> str:
-        if value not in options:
-            raise fail(where, f"expected one of {', '.join(map(repr, options))}, got {value!r}")
-        return str(value)
-    return parse
 
 
 def grant(item: Callable[[str, str], str]) -> Callable[[str, object], Grant]:
@@ -235,8 +211,7 @@ def size(where: str, value: object, *, minimum: int = 1) -> int | None:
 def count(where: str, value: object, *, minimum: int = 1) -> int | None:
     if value is False:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise fail(where, f"expected an integer, got {value!r}")
+    value = KEYS.integer(where, value)
     if value < minimum:
         raise fail(where, f"must be at least {minimum}, got {value!r}")
     return value
@@ -279,16 +254,8 @@ LIMIT_PARSERS: Mapping[str, Callable[[str, object], Any]] = {
 
 def parse_limits(label: str, table: object, base: ProfileLimits) -> ProfileLimits:
     """`[limits]` (or a request's `limits`) laid over `base`."""
-    if not isinstance(table, Mapping):
-        raise fail(f"{label}:limits", f"expected a table, got {table!r}")
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        parser = LIMIT_PARSERS.get(key)
-        if parser is None:
-            raise fail(f"{label}:limits.{key}",
-                       f"unknown key; expected one of {', '.join(LIMIT_PARSERS)}")
-        out[key] = parser(f"{label}:limits.{key}", value)
-    return replace(base, **out)
+    table = KEYS.table(f"{label}:limits", table)
+    return replace(base, **KEYS.walk(f"{label}:limits.", table, LIMIT_PARSERS))
 
 
 # --- [filesystem] -------------------------------------------------------------------------
@@ -308,34 +275,39 @@ _RESERVED_DIRS = ("/proc", "/sys", "/dev", "/usr", "/lib", "/lib64", "/bin", "/s
                   "/run", "/tmp", "/dev/shm", "/opt/kerneld")
 
 
+def _root(relative_ok: bool) -> Callable[[str, object], str]:
+    def parse(where: str, value: object) -> str:
+        text = os.path.expanduser(string(where, value))
+        if "\0" in text or (not os.path.isabs(text) and not relative_ok):
+            raise fail(where, f"expected an absolute path (or ~/...), got {value!r}")
+        # a profile's root is the admin's: resolved now. A request's stays as written:
+        # permissions.hostdir resolves it exactly once, without symlinks under mount_roots
+        return os.path.abspath(text) if relative_ok else os.path.realpath(text)
+    return parse
+
+
+def _mount_point(where: str, value: object) -> str:
+    mp = string(where, value)
+    if not os.path.isabs(mp) or "\0" in mp or os.path.normpath(mp) != (mp.rstrip("/") or "/"):
+        raise fail(where, f"expected a normalised absolute path, got {value!r}")
+    return os.path.normpath(mp)
+
+
+# the keys of [filesystem] (sorted: the order an unknown-key error lists them in)
+_FILESYSTEM_KEYS: Mapping[bool, Mapping[str, Callable[[str, object], Any]]] = {
+    relative_ok: {"enabled": boolean, "mount_point": _mount_point, "read_only": boolean,
+                  "root": _root(relative_ok)}
+    for relative_ok in (False, True)
+}
+
+
 def parse_filesystem(label: str, table: object, base: FilesystemSpec, *,
                      relative_ok: bool) -> FilesystemSpec:
     """`[filesystem]` (or a request's `filesystem`) laid over `base`. A relative root is only
     accepted from a request (resolved against the caller's working directory)."""
-    if not isinstance(table, Mapping):
-        raise fail(f"{label}:filesystem", f"expected a table, got {table!r}")
-    names = {f.name for f in dataclasses.fields(FilesystemSpec)}
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        where = f"{label}:filesystem.{key}"
-        if key not in names:
-            raise fail(where, f"unknown key; expected one of {', '.join(sorted(names))}")
-        if key in ("enabled", "read_only"):
-            out[key] = boolean(where, value)
-        elif key == "root":
-            text = os.path.expanduser(string(where, value))
-            if "\0" in text or (not os.path.isabs(text) and not relative_ok):
-                raise fail(where, f"expected an absolute path (or ~/...), got {value!r}")
-            # a profile's root is the admin's: resolved now. A request's stays as written:
-            # kerneld.hostdir resolves it exactly once, without symlinks under mount_roots
-            out[key] = os.path.abspath(text) if relative_ok else os.path.realpath(text)
-        else:
-            mp = string(where, value)
-            if not os.path.isabs(mp) or "\0" in mp or os.path.normpath(mp) != (mp.rstrip("/")
-                                                                           or "/"):
-                raise fail(where, f"expected a normalised absolute path, got {value!r}")
-            out[key] = os.path.normpath(mp)
-    return replace(base, **out)
+    table = KEYS.table(f"{label}:filesystem", table)
+    return replace(base, **KEYS.walk(f"{label}:filesystem.", table,
+                                     _FILESYSTEM_KEYS[relative_ok]))
 
 
 def check_filesystem(where: str, fs: FilesystemSpec, runtime_prefix: str) -> None:

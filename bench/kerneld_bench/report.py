@@ -17,9 +17,9 @@ from typing import Any
 
 import psutil
 
-from kerneld.bench.metrics import METRICS, MODES, Counts, evaluate, ratio, summarize
-from kerneld.bench.procs import Reaper
-from kerneld.bench.run import Bench
+from kerneld_bench.metrics import METRICS, MODES, Counts, evaluate, ratio, summarize
+from kerneld_bench.procs import Reaper
+from kerneld_bench.run import Bench
 
 # --------------------------------------------------------------------------- report
 

@@ -1,7 +1,7 @@
-"""The text of `kerneld profile check` (private to `kerneld.profiles`).
+"""The text of `kerneld profile check`: `profile_report(profile)`.
 
 Shows what a profile really grants once lowered (what a reader of the TOML might misjudge:
-`true`, inherited defaults, resolved paths, the network mode) and, when the sandbox can probe
+`true`, inherited defaults, resolved paths, the network mode) and, from the sandbox's probe of
 the host, which enforcement layers are missing here and what that means under the profile's
 `enforcement` setting (strict: kernels will not start; best-effort: they start without them).
 """
@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import sandbox
+from kerneld.errors import KernelError
+from kerneld.permissions.lower import lower
+from kerneld.permissions.profile import Profile
+from kerneld.permissions.values import Grant, fmt_size
 from sandbox.policy import ALL, Policy
-
-from ._profile_values import Grant, fmt_size
-from .errors import KernelError
-
-if TYPE_CHECKING:
-    from .profiles import Profile
 
 _ENFORCED_BY = {
     "read": "mount view + Landlock read rights",
@@ -79,17 +78,15 @@ def _other_lines(profile: Profile) -> list[str]:
     return lines
 
 
-def _host_lines(profile: Profile, policy: Policy | None, features: object | None,
-                check: Callable[..., Any] | None) -> list[str]:
-    if features is None:
-        return ["host: unknown (sandbox.probe() is not available in this build)"]
+def _host_lines(profile: Profile, policy: Policy | None, features: object,
+                check: Callable[..., Any]) -> list[str]:
     lines = ["host features:"]
     if dataclasses.is_dataclass(features) and not isinstance(features, type):
         lines += [f"  {k} = {x}" for k, x in dataclasses.asdict(features).items()]
     else:
         lines.append(f"  {features!r}")
-    if check is None or policy is None:
-        lines.append("enforcement check: unavailable (sandbox.check() missing or no policy)")
+    if policy is None:
+        lines.append("enforcement check: unavailable (no policy)")
         return lines
     missing = list(check(policy, features))
     if not missing:
@@ -103,8 +100,7 @@ def _host_lines(profile: Profile, policy: Policy | None, features: object | None
     return lines
 
 
-def render_report(profile: Profile, features: object | None,
-                  check: Callable[..., Any] | None) -> str:
+def render_report(profile: Profile, features: object, check: Callable[..., Any]) -> str:
     """The whole report as text (no trailing newline)."""
     lines = [f"profile: {profile.name} ({profile.source})"]
     if profile.description:
@@ -112,7 +108,7 @@ def render_report(profile: Profile, features: object | None,
     lines.append(f"enforcement: {profile.enforcement}")
     policy: Policy | None
     try:
-        policy = profile.to_policy(uid=None, gid=None)
+        policy = lower(profile).policy(uid=None, gid=None)
     except KernelError as e:
         policy = None
         lines.append(f"problem: {e}")
@@ -120,3 +116,10 @@ def render_report(profile: Profile, features: object | None,
     lines += _other_lines(profile)
     lines += _host_lines(profile, policy, features, check)
     return "\n".join(lines)
+
+
+def profile_report(profile: Profile, features: object | None = None) -> str:
+    """The text of `kerneld profile check`: the effective policy, then which layers this host
+    can enforce (`sandbox.check()` against `features`, by default `sandbox.probe()`)."""
+    return render_report(profile, sandbox.probe() if features is None else features,
+                         sandbox.check)

@@ -1,5 +1,5 @@
-"""What a long-running service needs from its environment, without extra libraries:
-sd_notify(3) datagrams to systemd, and log lines journald understands.
+"""What the daemon needs from systemd and the journal, without extra libraries: sd_notify(3)
+datagrams, log lines journald understands, and warnings that hostile input cannot multiply.
 
 `Notifier.from_env()` takes NOTIFY_SOCKET / WATCHDOG_USEC / WATCHDOG_PID out of the
 environment (nothing started later, kernels included, inherits them) and sends
@@ -7,6 +7,9 @@ environment (nothing started later, kernels included, inherits them) and sends
 `setup_logging(level)` writes `LEVEL logger: message key=value` lines on stderr, prefixed with
 `<N>` syslog priorities when stderr is the journal ($JOURNAL_STREAM), so journald records the
 real level.
+`Tally` counts one kind of bad input (a malformed request, a worker's garbage, a dropped
+event) so that a flood of it makes a few WARNING lines, not one each: the front, the service,
+the worker hub and the notifier itself use it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import ClassVar
 
-log = logging.getLogger("kerneld.server")
+log = logging.getLogger(__name__)
 
 
 class Notifier:
@@ -134,4 +137,4 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
 
 
-__all__ = ["Notifier", "setup_logging"]
+__all__ = ["Notifier", "Tally", "setup_logging"]

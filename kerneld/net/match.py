@@ -1,8 +1,8 @@
 """Deno-style network allowlist matching: pure functions, no sockets, no DNS.
 
-Both `kerneld.profiles` (to validate `net`/`deny_net` entries and to check that a request only
-narrows its profile) and `kerneld.netproxy` (to decide each connection) use this module, so the
-rules are written once and unit-tested without any I/O.
+Both `kerneld.permissions` (to validate `net`/`deny_net` entries, to check that a request only
+narrows its profile, and to lower a kernel's rules once) and `kerneld.net.proxy` (to decide
+each connection) use this module, so the rules are written once and unit-tested without any I/O.
 
 Rule syntax (one string per rule)::
 

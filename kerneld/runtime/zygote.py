@@ -1,14 +1,15 @@
 """The zygote: a warm, single-threaded Python that forks one worker per kernel.
 
 Process model: started by the manager as `runtime-python -I -c <boot>` with a clean environment
-(never a fork of the manager, which holds sockets, threads and secrets). It imports IPython, the
-engine, the worker and the configured preload modules (numpy, matplotlib, …), warms a shell,
-fills the holes of its heaps (`_fill_free_blocks`, `_fill_malloc_holes`: a worker's own
-objects then land on fresh pages instead of copying shared ones), calls `gc.freeze()` so
-forked children share those pages, backs its heaps with huge pages where it can (a cheaper
-`fork()`), and then only forks.
-No ZeroMQ context, socket or thread ever exists here (the `zmq` module is imported, so that
-workers need not load it, but nothing of it is instantiated).
+(never a fork of the manager, which holds sockets, threads and secrets). Importing this module
+loads everything a worker will run (IPython and the engine, the worker and its request loop,
+the sandbox, msgspec, zmq): a worker is confined the moment it is forked and cannot load
+anything later, hence no import in `kerneld.runtime` is lazy. The boot line arms the death
+signal before that import (~0.5 s), `main` then imports the configured preload modules (numpy,
+matplotlib, …), warms a shell, shapes its heaps for sharing (`kerneld.runtime.heap`: filled
+holes, `gc.freeze()`, huge pages), and then only forks.
+No ZeroMQ context, socket or thread ever exists here (the `zmq` module is loaded, by the
+worker's module, so that workers need not load it, but nothing of it is instantiated).
 
 State: the live children (workers, kernel inits) and the boot-status pipes of those still
 booting. Nothing else.
@@ -43,11 +44,9 @@ those of dead zygotes before it starts one.
 
 from __future__ import annotations
 
-import fcntl
-import gc
+import ctypes
 import importlib
 import os
-import re
 import select
 import shutil
 import signal
@@ -57,13 +56,20 @@ import threading
 import traceback
 from typing import Any
 
+import msgspec
+import prctl
+
+import sandbox
+from kerneld import protocol as p
+from kerneld.runtime import heap, worker
+from kerneld.runtime.engine import Engine
+
 EXIT_SANDBOX = 70   # the child could not apply its sandbox: never respawn automatically
 EXIT_BOOT = 71      # the child failed after confinement but before serving
 IPYTHON_DIR_PREFIX = "kerneld-ipython-"  # + the zygote's pid + "-": swept once that pid is gone
 
 
 def _write(payload: bytes) -> None:
-    from kerneld import protocol as p
     data = p.frame(payload)
     while data:
         n = os.write(1, data)
@@ -79,7 +85,6 @@ def _wipe(data: bytes) -> None:
     Every worker is a copy of this process: what a request left in its memory, freed or not,
     would be readable by every later kernel. `bytes` are immutable to Python code, but this
     one is private to the zygote and never interned at this size."""
-    import ctypes
     if len(data) > 1:
         ctypes.memset(id(data) + _BYTES_HEADER, 0, len(data))
 
@@ -96,147 +101,12 @@ def _read_exact(fd: int, buf: bytearray) -> bool:
 
 
 def _preload(modules: list[str]) -> None:
+    """Import the configured modules (numpy, …), so that every worker has them loaded."""
     for name in modules:
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 (a missing optional module must not stop it)
             print(f"zygote: preload failed module={name} error={exc!r}", file=sys.stderr)
-
-
-def _report_pipe() -> tuple[int, int]:
-    """A pipe for a C report written in one go (~3 KB) before anyone reads: 1 MiB of room."""
-    r, w = os.pipe()
-    try:
-        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
-    except OSError:
-        pass  # the default 64 KiB is still ~20 times the report
-    return r, w
-
-
-_POOL_ROW = re.compile(r"^\s*\d+\s+(\d+)\s+\d+\s+\d+\s+(\d+)\s*$", re.MULTILINE)
-
-
-def _free_blocks() -> dict[int, int]:
-    """pymalloc's free blocks in partly used pools, by size class (CPython's own report)."""
-    debug = getattr(sys, "_debugmallocstats", None)
-    if debug is None:
-        return {}
-    r, w = _report_pipe()
-    saved = os.dup(2)
-    try:
-        os.dup2(w, 2)
-        debug()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(w)
-    with os.fdopen(r, "rb") as fh:
-        text = fh.read().decode("ascii", "replace")
-    return {int(size): int(avail) for size, avail in _POOL_ROW.findall(text)}
-
-
-def _fill_free_blocks() -> list[object]:
-    """Occupy the free blocks of pymalloc's partly used pools, and keep them for good.
-
-    Why: a worker's first small objects would land in those blocks, scattered over pages it
-    shares with the zygote, and each such allocation copies a whole 4 KiB page. With those
-    pools full, a worker's new objects go to pools of its own, packed together (measured:
-    -0.7 MiB of private memory per idle kernel). It costs the zygote a few MB, shared."""
-    keep: list[object] = []
-    header = sys.getsizeof(b"")  # a bytes object of length n asks pymalloc for header + n
-    for _ in range(3):  # filling allocates too (the list grows): go again
-        free = _free_blocks()
-        if sum(free.values()) < 1000:
-            break
-        for size, avail in free.items():
-            if size == 16:
-                keep.extend(object() for _ in range(avail))
-            elif size == 32:
-                keep.extend(float(i) + 0.5 for i in range(avail))  # 24 bytes
-            elif size - header > 1:  # lengths 0 and 1 are cached singletons
-                keep.extend(bytes(size - header) for _ in range(avail))
-    return keep
-
-
-_MALLOC_SIZE = re.compile(r'<size from="(\d+)" to="\d+" total="\d+" count="(\d+)"/>')
-_MALLOC_FREE = re.compile(r'<total type="rest" count="\d+" size="(\d+)"/>')
-
-
-def _malloc_free_chunks(libc: Any) -> tuple[list[tuple[int, int]], int]:
-    """(smallest size, count) per size bin of the main arena's free chunks, and their sum."""
-    r, w = _report_pipe()
-    stream = libc.fdopen(w, b"w")
-    if not stream:
-        os.close(w)
-        os.close(r)
-        return [], 0
-    libc.malloc_info(0, stream)
-    libc.fclose(stream)  # flushes, closes w
-    with os.fdopen(r, "rb") as fh:
-        main_arena = fh.read().decode("ascii", "replace").split('<heap nr="1">')[0]
-    free = _MALLOC_FREE.search(main_arena)
-    sizes = [(int(low), int(count)) for low, count in _MALLOC_SIZE.findall(main_arena)]
-    return sizes, int(free.group(1)) if free else 0
-
-
-def _fill_malloc_holes() -> list[int]:
-    """The same for glibc's malloc (objects over 512 bytes, C libraries): allocate the free
-    chunks of the main arena's heap and never free them, so that a worker's allocations
-    come from fresh memory (measured: -0.2 MiB of private memory per idle kernel)."""
-    import ctypes
-    try:
-        libc = ctypes.CDLL(None)
-        malloc, fdopen = libc.malloc, libc.fdopen
-        _ = libc.malloc_info, libc.fclose
-    except (OSError, AttributeError):  # not glibc
-        return []
-    malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    fdopen.restype, fdopen.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_char_p]
-    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    libc.fclose.argtypes = [ctypes.c_void_p]
-    keep: list[int] = []
-    for _ in range(3):
-        sizes, free = _malloc_free_chunks(libc)
-        if free < 64 * 1024:
-            break
-        for low, count in sizes:
-            # fits every chunk of the bin (a chunk carries a 16-byte header); what a bigger
-            # chunk has left over is taken by the next round
-            request = max(1, low - 16)
-            keep.extend(malloc(request) for _ in range(count))
-    return keep
-
-
-MADV_COLLAPSE = 25  # Linux >= 6.1
-HUGE_PAGE = 2 << 20
-
-
-def _collapse_to_huge_pages() -> int:
-    """Back the zygote's anonymous memory (Python's heaps, ~100 MiB) with 2 MiB pages where it
-    is aligned to allow it; returns how many were made. Best effort: older kernels refuse.
-
-    Why: `fork()` copies one page-table entry per 4 KiB page, and that copy was most of a
-    worker's fork (3.3 → 1.1 ms measured on a fresh zygote). A worker's first write to a
-    shared huge page splits the mapping and copies 4 KiB only, so its private memory does not
-    grow. The zygote's own writes after a fork split the huge pages they touch (80 MiB huge
-    at start, ~25 MiB after some forks); what stays still made create → first result
-    1.4-2.6 ms faster in alternating runs of bench/confinement_cost.py."""
-    import ctypes
-    libc = ctypes.CDLL(None)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    done = 0
-    with open("/proc/self/maps") as maps:
-        regions = [line.split() for line in maps]
-    for fields in regions:
-        name = fields[5] if len(fields) > 5 else ""
-        if not fields[1].startswith("rw") or name not in ("", "[heap]"):
-            continue
-        start, end = (int(x, 16) for x in fields[0].split("-"))
-        first = (start + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1)
-        for addr in range(first, end & ~(HUGE_PAGE - 1), HUGE_PAGE):
-            if libc.madvise(addr, HUGE_PAGE, MADV_COLLAPSE) == 0:
-                done += 1  # EINVAL/EAGAIN/ENOMEM otherwise: that range stays as it is
-    return done
 
 
 class Zygote:
@@ -249,20 +119,11 @@ class Zygote:
         ipython_dir = tempfile.mkdtemp(prefix=f"{IPYTHON_DIR_PREFIX}{os.getpid()}-")
         os.environ["IPYTHONDIR"] = ipython_dir
         os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-        import msgspec
-        import zmq  # noqa: F401  (imported for the workers; never instantiated here)
-
-        import sandbox
-        from kerneld import kernel, protocol, worker
-        self.sandbox = sandbox
-        self.protocol = protocol
-        self.worker = worker
-        self.msgspec = msgspec
         try:
             _preload(preload)
             sandbox.warm()
             worker.wrap_spawners()
-            self.engine = kernel.Engine()
+            self.engine = Engine()
             self.engine.hold_traps()
             self.engine.warm()
         finally:
@@ -273,13 +134,9 @@ class Zygote:
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.pidfd = os.pidfd_open(os.getpid())  # readable in a child once the zygote is gone
         self.manager_fd = manager_fd             # readable once the manager is gone
-        gc.collect()
-        self.ballast = (_fill_free_blocks(), _fill_malloc_holes())
-        gc.freeze()
-        _collapse_to_huge_pages()
+        self.ballast = heap.shape()
 
     def serve(self) -> None:
-        import prctl
         prctl.set_pdeathsig(0)  # from now on the manager's pidfd says when it is gone
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
@@ -339,13 +196,13 @@ class Zygote:
         if not _read_exact(0, header):
             return False
         size = int.from_bytes(header, "big")
-        if size > self.protocol.MAX_REQUEST_BYTES:
+        if size > p.MAX_REQUEST_BYTES:
             os._exit(EXIT_BOOT)  # the manager never sends this: the pipe is corrupt
         payload = bytearray(size)
         try:
             if not _read_exact(0, payload):
                 return False
-            req = self.protocol.fork_request_decoder.decode(payload)
+            req = p.fork_request_decoder.decode(payload)
         finally:
             payload[:] = bytes(size)  # same length: overwritten in place
         try:
@@ -355,7 +212,6 @@ class Zygote:
         return True
 
     def _reap(self) -> None:
-        p = self.protocol
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -379,20 +235,19 @@ class Zygote:
         finally:
             os.close(fd)
         if message:
-            _write(self.protocol.encode(self.protocol.BootFailed(pid, message)))
+            _write(p.encode(p.BootFailed(pid, message)))
 
     def _fork(self, req: Any) -> None:
-        p = self.protocol
         try:
-            policy = self.msgspec.convert(req.policy, self.sandbox.Policy) if req.confine else None
-        except self.msgspec.ValidationError as exc:
+            policy = msgspec.convert(req.policy, sandbox.Policy) if req.confine else None
+        except msgspec.ValidationError as exc:
             _write(p.encode(p.Forked(req.req_id, error=f"invalid policy: {exc}")))
             return
         status_r, status_w = os.pipe()
         try:
-            pid = (self.sandbox.fork(policy, init=self.init, supervisor=self.manager_fd)
+            pid = (sandbox.fork(policy, init=self.init, supervisor=self.manager_fd)
                    if policy is not None else os.fork())
-        except (OSError, self.sandbox.SandboxError) as exc:
+        except (OSError, sandbox.SandboxError) as exc:
             os.close(status_r)
             os.close(status_w)
             _write(p.encode(p.Forked(req.req_id, error=f"fork failed: {exc}")))
@@ -402,7 +257,7 @@ class Zygote:
             self._child(req, policy, status_w)
         os.close(status_w)
         self.children[status_r] = pid
-        init_pid = self.sandbox.last_init_pid() if policy is not None else None
+        init_pid = sandbox.last_init_pid() if policy is not None else None
         self.pids.update(child for child in (pid, init_pid) if child is not None)
         _write(p.encode(p.Forked(req.req_id, pid=pid, init_pid=init_pid)))
 
@@ -428,7 +283,7 @@ class Zygote:
                 os._exit(EXIT_SANDBOX)
         code = 0
         try:
-            self.worker.main(self.engine, req.token, req.endpoint)
+            worker.main(self.engine, req.token, req.endpoint)
         except BaseException:  # noqa: BLE001 (the worker's last words go to the daemon's log)
             traceback.print_exc()
             code = EXIT_BOOT
@@ -437,12 +292,11 @@ class Zygote:
     def _confine(self, policy: Any, status_w: int) -> None:
         """Apply the sandbox. Under its init (or user-namespace relay) the worker's tree ends
         with the manager and outlives the zygote; otherwise it dies with the zygote."""
-        if self.sandbox.supervised():
-            self.sandbox.apply(policy, keep_fds=(status_w,))  # closes both pidfds
+        if sandbox.supervised():
+            sandbox.apply(policy, keep_fds=(status_w,))  # closes both pidfds
             return
-        import prctl
         prctl.set_pdeathsig(signal.SIGKILL)
-        self.sandbox.apply(policy, keep_fds=(status_w, self.pidfd))  # re-arms the signal
+        sandbox.apply(policy, keep_fds=(status_w, self.pidfd))  # re-arms the signal
         if select.select([self.pidfd], [], [], 0)[0]:
             os._exit(EXIT_SANDBOX)  # the zygote died before the death signal was armed
         os.close(self.pidfd)
@@ -474,10 +328,10 @@ def _manager_pidfd() -> int:
 
 
 def main(argv: list[str]) -> None:
-    """Entry point: argv = [preload module, ...]."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import prctl
-    prctl.set_pdeathsig(signal.SIGKILL)  # while warming up; `serve` watches the pidfd instead
+    """Entry point: argv = [preload module, ...]. The boot line (`_BOOT` in
+    `kerneld.backends.supervisor`) has ignored SIGINT and armed the death signal (SIGKILL,
+    while this zygote warms up; `serve` watches the manager's pidfd instead) before it
+    imported this module."""
     zygote = Zygote(argv, _manager_pidfd())
     _write(b"ready")
     zygote.serve()

@@ -17,7 +17,7 @@ Protocols (told apart by the first byte; 0x05 = SOCKS5, anything else = HTTP/1.x
                                     0x05 connection refused, 0x07 command not supported,
                                     0x08 address type not supported
 
-Decisions (kerneld.netmatch, pure and unit-tested)
+Decisions (kerneld.net.match, pure and unit-tested)
     The destination as named is checked first (`allowed`); a name is then resolved once, every
     address is checked (`check_address`: deny IP rules; loopback/private/link-local/metadata
     refused unless an IP/CIDR rule names them), and the proxy connects to an address it
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from .netmatch import (
+from kerneld.net.match import (
     ALL,
     Decision,
     IPAddress,
@@ -108,7 +108,8 @@ def _q(text: object) -> str:
 
 class KernelProxy:
     """The proxy of one kernel. `rules` (allow) and `deny_rules` are rule strings or parsed
-    `NetRule`s, as `Profile.proxy_rules()` returns them; `rules` may be `"*"` (every public
+    `NetRule`s (a kernel's come parsed: `Lowered.net_allow`/`net_deny` of
+    `kerneld.permissions.lower`); `rules` may be `"*"` (every public
     destination, still minus loopback/private/metadata addresses and `deny_rules`)."""
 
     def __init__(self, kernel_id: str, rules: Rules | Sequence[str],

@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import psutil
 
-from kerneld.bench.metrics import MiB
+from kerneld_bench.metrics import MiB
 
 # --------------------------------------------------------------------------- processes we own
 

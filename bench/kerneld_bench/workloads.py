@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from kerneld.bench.metrics import CLEANUP_TIMEOUT
+from kerneld_bench.metrics import CLEANUP_TIMEOUT
 
 # --------------------------------------------------------------------------- workloads
 
@@ -91,18 +91,22 @@ _kb_confinement({probe!r})
 
 
 async def bounded(aw: Awaitable[Any], timeout: float = CLEANUP_TIMEOUT) -> None:
-    """Await a cleanup step, even while being cancelled, but never for longer than `timeout`
-    (what it leaves behind, the Reaper ends)."""
+    """Await a cleanup step, even while being cancelled, but never for longer than `timeout`;
+    a step still running then is cancelled and awaited here, never left running in the
+    background (what it leaves behind, the Reaper ends)."""
     task = asyncio.ensure_future(aw)
     try:
         await asyncio.wait_for(asyncio.shield(task), timeout)
     except asyncio.CancelledError:
         with contextlib.suppress(BaseException):
-            await asyncio.wait_for(task, timeout)
+            await asyncio.wait_for(task, timeout)  # on timeout it cancels and awaits the step
         raise
     except Exception as exc:  # noqa: BLE001 - cleanup is best effort
         print(f"kerneld bench: cleanup step failed: {type(exc).__name__}: {exc}",
               file=sys.stderr)
+        if not task.done():  # timed out (the shield kept it running)
+            task.cancel()
+            await asyncio.wait([task])  # its outcome is retrieved by the shield's callback
 
 
 async def timed(fn: Callable[[], Awaitable[Any]]) -> float:

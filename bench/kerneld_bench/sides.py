@@ -13,8 +13,8 @@ from typing import Any
 
 import psutil
 
-from kerneld.bench.metrics import CALL_TIMEOUT
-from kerneld.bench.procs import Reaper, maybe
+from kerneld_bench.metrics import CALL_TIMEOUT
+from kerneld_bench.procs import Reaper, maybe
 
 # --------------------------------------------------------------------------- the kerneld side
 

@@ -1,13 +1,14 @@
 """Worker process main: one kernel, one process tree, confined before any user byte runs.
 
-Process model: forked by the zygote (`kerneld.zygote`); by the time `main()` runs, the sandbox
-(`sandbox.apply`) is in force. Only then does the worker create its ZeroMQ context, so ZeroMQ's
-I/O thread is confined like everything else.
+Process model: forked by the zygote (`kerneld.runtime.zygote`); by the time `main()` runs, the
+sandbox (`sandbox.apply`) is in force. Only then does the worker create its ZeroMQ context, so
+ZeroMQ's I/O thread is confined like everything else.
 
 Threads:
-- main thread: receives requests and runs them one at a time on the engine
-  (`kerneld.kernel.Engine`), and sends their results itself — the common path (`1+1`) has no
-  hand-off between threads. SIGINT raises KeyboardInterrupt here, but only while a cell runs.
+- main thread: receives requests and runs them one at a time on the engine, through the loop
+  shared with in-process kernels (`kerneld.runtime.serve.Loop`, over this module's `_Channel`),
+  and sends their results itself — the common path (`1+1`) has no hand-off between threads.
+  SIGINT raises KeyboardInterrupt here, but only while a cell runs.
 - `_Pump` thread: reads the pipes that replaced fds 1 and 2 (so C extensions,
   `os.write(1, …)` and subprocesses are captured too) and sends them as coalesced `stream`
   events (≤ 256 KiB, ≤ 20 ms old) while a cell runs.
@@ -33,7 +34,8 @@ of the cell (`_restore_fds`).
 from __future__ import annotations
 
 import codecs
-import collections
+import contextlib
+import ctypes
 import fcntl
 import functools
 import io
@@ -50,7 +52,8 @@ from typing import Any
 import zmq
 
 from kerneld import protocol as p
-from kerneld.kernel import Engine, answered, failure
+from kerneld.runtime.engine import Engine, failure
+from kerneld.runtime.serve import Loop, OutputCap
 
 COALESCE_SECONDS = 0.02
 HELD_OUTPUT_LIMIT = 1024 * 1024  # output written between cells, kept for the next one
@@ -60,13 +63,16 @@ HELD_OUTPUT_LIMIT = 1024 * 1024  # output written between cells, kept for the ne
 PUMP_BACKOFF_SECONDS = 0.002
 PUMP_BACKOFF_BELOW = 256 * 1024  # a big read means a fast writer: keep reading at once
 PUMP_LISTEN_SECONDS = 0.25  # the pump polls this long after a cell starts (see _Flusher)
+INPUT_POLL_MS = 50  # input() waits for its reply this long at a time, then lets the pump send
 
 
 class _Channel:
-    """The socket and the output buffers. Methods named `_locked_*` need `self.lock` held."""
+    """The socket and the output buffers: the worker's `serve.Channel`. Methods named
+    `_locked_*` need `self.lock` held."""
 
-    def __init__(self, sock: zmq.Socket[bytes], out_r: int, err_r: int) -> None:
-        self.sock, self.out_r, self.err_r = sock, out_r, err_r
+    def __init__(self, sock: zmq.Socket[bytes], out_r: int, err_r: int,
+                 flusher: _Flusher) -> None:
+        self.sock, self.out_r, self.err_r, self.flusher = sock, out_r, err_r, flusher
         self.lock = threading.Lock()
         self.decoders = {name: codecs.getincrementaldecoder("utf-8")("replace")
                          for name in ("stdout", "stderr")}
@@ -74,9 +80,7 @@ class _Channel:
         self.chunk_bytes = 0
         self.first_pending = 0.0
         self.exec_id: str | None = None
-        self.limit = 0
-        self.written = 0
-        self.truncated = False
+        self.cap = OutputCap()
         self.dropped = 0
 
     # -- with the lock held -----------------------------------------------------------------
@@ -98,13 +102,12 @@ class _Channel:
         if self.exec_id is None and self.chunk_bytes > HELD_OUTPUT_LIMIT:
             self.dropped += size  # nobody to attribute it to, and no room to keep it
             return
-        if self.exec_id is not None and self.limit:
-            if self.truncated:
+        cut = False
+        if self.exec_id is not None:
+            kept = self.cap.admit(text, size)
+            if kept is None:
                 return
-            if self.written + size > self.limit:
-                text = text[: max(0, self.limit - self.written)]
-                self.truncated = True
-            self.written += size
+            text, cut = kept, self.cap.truncated
         if not self.chunks:
             self.first_pending = time.monotonic()
         if self.chunks and self.chunks[-1][0] == name:
@@ -112,10 +115,8 @@ class _Channel:
         else:
             self.chunks.append([name, text])
         self.chunk_bytes += size
-        if self.truncated:
-            self.chunks.append(["stderr", (
-                f"\n[kerneld] output truncated: this execution wrote more than {self.limit} "
-                "bytes (profile limits.output); further output is discarded\n")])
+        if cut:
+            self.chunks.append(["stderr", self.cap.notice()])
         if self.chunk_bytes >= p.STREAM_CHUNK_BYTES:
             self._locked_emit()
 
@@ -137,14 +138,27 @@ class _Channel:
         self.chunks.clear()
         self.chunk_bytes = 0
 
-    # -- public: take the lock --------------------------------------------------------------
+    # -- serve.Channel, main thread; take the lock --------------------------------------------
+
+    def receive(self) -> Any | None:
+        return _decode(self.sock.recv())  # between cells only this thread uses the socket
+
+    def serving(self) -> contextlib.nullcontext[None]:
+        return _NOTHING_HELD
 
     def begin(self, exec_id: str, output_limit: int) -> None:
         """From now on, output belongs to `exec_id` (what was held in between, too)."""
         with self.lock:
             self._locked_drain()
-            self.exec_id, self.limit = exec_id, output_limit
-            self.written, self.truncated = 0, False
+            self.exec_id = exec_id
+            self.cap.reset(output_limit)
+        self.flusher.cell_started()
+
+    def cell_ended(self) -> None:
+        self.flusher.cell_ended()
+
+    def flush(self) -> None:
+        _flush_python_streams()
 
     def publish(self, msg: Any) -> None:
         """Send a message after everything already written to fds 1 and 2."""
@@ -154,11 +168,25 @@ class _Channel:
             self.sock.send(p.encode(msg))
 
     def finish(self, done: p.Done) -> None:
+        _restore_fds()
+        _flush_python_streams()
         with self.lock:
             self._locked_drain()
             self._locked_emit()
             self.sock.send(p.encode(done))
             self.exec_id = None
+
+    def answer(self, msg: p.Answer) -> None:
+        try:
+            self.publish(msg)
+        except (TypeError, ValueError, OverflowError) as exc:  # content msgpack cannot carry
+            self.publish(p.Answer(msg.req_id, {"status": "error", **failure(exc)}))
+
+    def activate(self, env: dict[str, str]) -> None:
+        os.environ.clear()
+        os.environ.update(env)
+
+    # -- the pump's and input()'s -------------------------------------------------------------
 
     def pump(self, ready: list[int]) -> int:
         """Read the ready pipes, emit what is old enough; returns the bytes read."""
@@ -172,12 +200,15 @@ class _Channel:
                 self._locked_emit()
         return got
 
-    def poll_locked(self, timeout_ms: int) -> Any | None:
+    def poll(self) -> Any | None:
         """Receive one request while a cell runs (input()), holding the lock briefly."""
         with self.lock:
-            if not self.sock.poll(timeout_ms):
+            if not self.sock.poll(INPUT_POLL_MS):
                 return None
             return _decode(self.sock.recv())
+
+
+_NOTHING_HELD = contextlib.nullcontext()  # a worker serves one kernel: nothing to take turns on
 
 
 def _decode(raw: bytes) -> Any | None:
@@ -378,7 +409,6 @@ def _fresh_streams_in_child() -> None:
     parent prints it) and a lock that another thread held at the fork — a thread that does
     not exist here, so their next flush, e.g. before this child's own fork, would wait
     forever. They are kept alive for good and never touched: closing one flushes it."""
-    import ctypes  # loaded by the zygote already
     old = list(_STREAMS)
     for stream in old:
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(stream))
@@ -428,97 +458,6 @@ def _flushing_first(func: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-class _Worker:
-    """The main-thread loop: requests in, engine calls, replies out."""
-
-    def __init__(self, engine: Engine, channel: _Channel, flusher: _Flusher) -> None:
-        self.engine, self.channel, self.flusher = engine, channel, flusher
-        self.exec_id: str | None = None
-        self.executing = False
-        self.later: collections.deque[Any] = collections.deque()  # arrived during input()
-        signal.signal(signal.SIGINT, self._on_sigint)
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.executing:
-            raise KeyboardInterrupt
-
-    def _emit(self, type_: str, data: dict[str, Any]) -> None:
-        # execute_result travels inside Done (one message less per cell; the manager emits
-        # the event from it, in its place: the last expression's value is the cell's end)
-        if self.exec_id is not None and type_ != "execute_result":
-            self.channel.publish(p.Output(self.exec_id, type_, data))
-
-    def _request_input(self, prompt: str, password: bool) -> str:
-        _flush_python_streams()
-        self._emit("input_request", {"prompt": prompt, "password": password})
-        while True:
-            msg = self.channel.poll_locked(50)
-            if isinstance(msg, p.InputReply):
-                return msg.value
-            if msg is not None:
-                self.later.append(msg)
-
-    def _next(self) -> Any:
-        if self.later:
-            return self.later.popleft()
-        while True:  # between cells only this thread uses the socket
-            msg = _decode(self.channel.sock.recv())
-            if msg is not None:
-                return msg
-
-    def serve(self) -> None:
-        self.engine.attach(self._emit, _flush_python_streams, self._request_input)
-        while True:
-            msg = self._next()
-            if isinstance(msg, p.Execute):
-                self._execute(msg)
-            elif isinstance(msg, p.Complete):
-                self._answer(msg.req_id, answered(self.engine.complete, msg.code,
-                                                  msg.cursor_pos))
-            elif isinstance(msg, p.Inspect):
-                self._answer(msg.req_id, answered(self.engine.inspect, msg.code,
-                                                  msg.cursor_pos, msg.detail_level))
-            elif isinstance(msg, p.IsComplete):
-                self._answer(msg.req_id, answered(self.engine.is_complete, msg.code))
-            elif isinstance(msg, p.Activate):
-                os.environ.clear()
-                os.environ.update(msg.env)
-            elif isinstance(msg, p.Shutdown):
-                return
-
-    def _answer(self, req_id: str, content: dict[str, Any]) -> None:
-        try:
-            self.channel.publish(p.Answer(req_id, content))
-        except (TypeError, ValueError, OverflowError) as exc:  # content msgpack cannot carry
-            self.channel.publish(p.Answer(req_id, {"status": "error", **failure(exc)}))
-
-    def _execute(self, msg: p.Execute) -> None:
-        self.exec_id = msg.exec_id
-        self.channel.begin(msg.exec_id, msg.output_limit)
-        try:
-            self.executing = True
-            self.flusher.cell_started()
-            try:
-                status, count, result, error = self.engine.execute(
-                    msg.code, silent=msg.silent, store_history=msg.store_history,
-                    allow_stdin=msg.allow_stdin)
-            finally:
-                self.executing = False
-                self.flusher.cell_ended()
-        except KeyboardInterrupt:  # arrived outside IPython's own handler
-            error = {"ename": "KeyboardInterrupt", "evalue": "", "traceback": []}
-            self._emit("execute_error", error)
-            status, count, result = "error", None, None
-        except Exception as exc:  # noqa: BLE001  (IPython itself failed: this cell's error,
-            error = failure(exc)  # not the kernel's end)
-            self._emit("execute_error", error)
-            status, count, result = "error", None, None
-        _restore_fds()
-        _flush_python_streams()
-        self.exec_id = None
-        self.channel.finish(p.Done(msg.exec_id, status, count, result, error))
-
-
 def main(engine: Engine, token: bytes, endpoint: str) -> None:
     """Run the worker until Shutdown. The caller exits the process afterwards."""
     out_r, err_r = _capture_fds()
@@ -529,7 +468,17 @@ def main(engine: Engine, token: bytes, endpoint: str) -> None:
     sock.setsockopt(zmq.SNDHWM, 10000)
     sock.connect(endpoint)
     sock.send(p.encode(p.Hello(pid=os.getpid())))
-    channel = _Channel(sock, out_r, err_r)
     flusher = _Flusher()
+    channel = _Channel(sock, out_r, err_r, flusher)
     _Pump(channel, flusher).start()
-    _Worker(engine, channel, flusher).serve()
+    loop = Loop(engine, channel)
+    signal.signal(signal.SIGINT, _on_sigint(loop))
+    loop.run()
+
+
+def _on_sigint(loop: Loop) -> Callable[[int, Any], None]:
+    """SIGINT (the manager's interrupt) raises KeyboardInterrupt in the cell, if one runs."""
+    def on_sigint(signum: int, frame: Any) -> None:
+        if loop.executing:
+            raise KeyboardInterrupt
+    return on_sigint

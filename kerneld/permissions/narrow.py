@@ -1,4 +1,4 @@
-"""Narrowing a profile by a request (private to `kerneld.profiles`).
+"""Narrowing a profile by a request: `narrow(profile, permissions, limits)` (used by `lower`).
 
 A Deno worker can never hold a permission its parent lacks; likewise a `create_kernel` request
 may only take rights away from its profile. Each requested entry must be *covered* by a grant
@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from kerneld.errors import PermissionDenied
+from kerneld.net.match import NetRule, rule_covers
+from kerneld.permissions import values as v
+from kerneld.permissions.profile import Profile
+from kerneld.permissions.values import REQUEST, SYS_KINDS, Grant
 from sandbox.policy import ALL
-
-from . import _profile_values as v
-from ._profile_values import REQUEST, SYS_KINDS, Grant
-from .errors import PermissionDenied
-from .netmatch import NetRule, rule_covers
-
-if TYPE_CHECKING:
-    from .profiles import Profile
 
 _GRANTS: Mapping[str, Callable[[str, object], Grant]] = {
     "read": v.grant(v.path), "write": v.grant(v.path), "net": v.grant(v.net),
@@ -32,6 +29,20 @@ _DENIES: Mapping[str, Callable[[str, object], tuple[str, ...]]] = {
     "deny_read": v.deny(v.path), "deny_write": v.deny(v.path), "deny_net": v.deny(v.net),
     "deny_env": v.deny(v.env_name), "deny_run": v.deny(v.program),
 }
+
+
+def narrow(profile: Profile, permissions: Mapping[str, object] | None = None,
+           limits: Mapping[str, object] | None = None) -> Profile:
+    """The profile a request gets. A permission key the request names replaces the
+    profile's only if it grants no more (else `PermissionDenied` citing
+    `request:permissions.<key>`); keys it omits are inherited; `deny_*` entries are
+    added; limits may only be lowered (`request:limits.<key>`)."""
+    out = profile
+    if permissions is not None:
+        out = narrow_permissions(out, permissions)
+    if limits is not None:
+        out = narrow_limits(out, limits)
+    return out
 
 
 def _covers(key: str, profile: Profile, entry: str) -> bool:
@@ -61,8 +72,7 @@ def _describe(grant: Grant) -> str:
 
 def narrow_permissions(profile: Profile, permissions: Mapping[str, object]) -> Profile:
     """Apply a request's `permissions` (see the module docstring)."""
-    if not isinstance(permissions, Mapping):
-        raise v.fail(f"{REQUEST}:permissions", f"expected a table, got {permissions!r}")
+    v.KEYS.table(f"{REQUEST}:permissions", permissions)
     changes: dict[str, Any] = {}
     for key, value in permissions.items():
         where = f"{REQUEST}:permissions.{key}"
@@ -78,8 +88,7 @@ def narrow_permissions(profile: Profile, permissions: Mapping[str, object]) -> P
                                        "(ffi = false)")
             changes[key] = value
         else:
-            known = ", ".join([*_GRANTS, *_DENIES, "ffi"])
-            raise v.fail(where, f"unknown key; expected one of {known}")
+            raise v.KEYS.unknown(where, [*_GRANTS, *_DENIES, "ffi"])
     out = replace(profile, **changes)
     v.check_deny_run(REQUEST, out.run, out.deny_run)
     return out

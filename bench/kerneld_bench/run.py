@@ -15,9 +15,9 @@ from typing import Any
 
 import psutil
 
-from kerneld.bench.metrics import MB, MEMORY_BUDGET, METRICS, Counts, MiB
-from kerneld.bench.procs import ProcTable, Reaper, RssSampler, maybe, tree_memory
-from kerneld.bench.sides import (
+from kerneld_bench.metrics import MB, MEMORY_BUDGET, METRICS, Counts, MiB
+from kerneld_bench.procs import ProcTable, Reaper, RssSampler, maybe, tree_memory
+from kerneld_bench.sides import (
     EmbeddedSide,
     IpyKernel,
     KerneldSide,
@@ -27,7 +27,7 @@ from kerneld.bench.sides import (
     start_ipykernel,
     start_ipykernels,
 )
-from kerneld.bench.workloads import (
+from kerneld_bench.workloads import (
     CHUNK_CODE,
     CONFINED_CODE,
     PRINT_CODE,
