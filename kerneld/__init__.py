@@ -28,8 +28,8 @@ _HOMES = {
     "ProfileError": "kerneld.errors",
     "SandboxUnavailable": "kerneld.errors",
     "ExecutionStream": "kerneld.execution",
-    "KernelEvents": "kerneld.kernels",
-    "KernelMode": "kerneld.kernels",
+    "KernelEvents": "kerneld.kernel",
+    "KernelMode": "kerneld.kernel",
     "Kernel": "kerneld.manager",
     "KernelManager": "kerneld.manager",
     "create_kernel": "kerneld.manager",
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
         SandboxUnavailable,
     )
     from kerneld.execution import ExecutionStream
-    from kerneld.kernels import KernelEvents, KernelMode
+    from kerneld.kernel import KernelEvents, KernelMode
     from kerneld.manager import Kernel, KernelManager, create_kernel, create_kernel_manager
     from kerneld.protocol import ExecutionResult, KernelEvent
 

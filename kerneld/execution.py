@@ -31,7 +31,6 @@ class Execution:
             asyncio.Queue() if streaming else None)
         self.future: asyncio.Future[ExecutionResult] = (
             asyncio.get_running_loop().create_future())
-        self.queued_at = time.time()
         self.started: float | None = None     # wall clock (epoch seconds)
         self.started_mono: float | None = None
         self.stalled = False

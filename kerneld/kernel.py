@@ -1,18 +1,15 @@
 """One kernel as the manager sees it: its state machine, its execution FIFO, its timers.
 
-State machine (`Status`, `TRANSITIONS`; `KernelRecord.set_status` is the one setter and raises
-`IllegalTransition` on anything else):
+State machine (`Status`, the table `TRANSITIONS`; `KernelRecord.set_status` is the one setter
+and raises `IllegalTransition` for anything the table does not list):
 
-    starting ──→ idle ⇄ busy        (an execution runs; the next one starts as it ends)
-        │         │  ╲  │
-        │         │  paused          (rows for pause/resume; no op reaches them yet)
-        │         ↓     ↓
-        │      restarting ──→ idle   (same id, namespace, mode, spec, permissions, timeouts)
-        ↓         ↓     ↑
-        └──────→ dead ──┘            (a death, a failed start or restart, a destroy,
-                                      terminate or expiry; a dead kernel may be restarted)
-
-A destroyed kernel leaves the manager's table as `dead`: there is no other end state.
+- starting → idle (started), or → dead (the start failed, or a destroy came first);
+- idle ⇄ busy: an execution runs; as one ends the next queued one starts;
+- idle, busy ⇄ paused: rows for pause/resume (no op reaches them yet);
+- idle, busy, paused, dead → restarting → idle: a fresh backend with the same id, spec,
+  permissions and timeouts; or restarting → dead (the new backend failed, or a destroy);
+- any other status → dead: a death, a destroy, terminate or expiry. `dead` is the only end: a
+  destroyed kernel leaves the manager's table as a dead record (there is no `removed` state).
 
 What runs the kernel is its `Backend` (`kerneld.backends`): a confined worker process or an
 in-process thread. The record sends it requests and gets back, through `on_message` and
@@ -155,6 +152,8 @@ class KernelRecord:
         self.last_activity = time.monotonic()
         self._asks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._restart_lock = asyncio.Lock()
+        # set once the first start is over: it succeeded, failed, or a kill came first
+        self._start_ended = asyncio.Event()
         cfg, profile = host.config, self.profile
         self.inactivity_timeout: float | None = _first(
             spec.inactivity_timeout, profile.inactivity_timeout, cfg.inactivity_timeout) or None
@@ -186,8 +185,10 @@ class KernelRecord:
     async def start(self) -> None:
         """Bring the kernel up (status `starting`): idle, or dead and raising if it failed."""
         try:
+            if self._status is Status.DEAD:  # destroyed before its start could begin
+                raise KernelNotFound(f"kernel {self.id} was destroyed while it started")
             await self._start_backend()
-            if self._status is Status.DEAD:  # destroyed while it started (a fake's start wins)
+            if self._destroyed():  # while it started (a backend's start may win the race)
                 raise KernelNotFound(f"kernel {self.id} was destroyed while it started")
         except BaseException as exc:
             await self.kill()
@@ -196,7 +197,10 @@ class KernelRecord:
                 self.end_executions("KernelDied", f"the kernel failed to start: "
                                                   f"{exc or type(exc).__name__}")
             raise
-        self._ready()
+        else:
+            self._ready()
+        finally:
+            self._start_ended.set()
 
     async def _start_backend(self) -> None:
         self.backend = self.host.backend_for(self)
@@ -209,6 +213,7 @@ class KernelRecord:
 
     async def kill(self) -> None:
         """Kill the backend (the whole process tree, or the thread) and fail pending asks."""
+        self._start_ended.set()
         backend = self.backend
         if backend is not None:
             await backend.kill()
@@ -242,11 +247,9 @@ class KernelRecord:
         """A fresh backend for this kernel. Restarts queue behind one another (two at once would
         kill each other's new worker); one asked for after a destroy is KernelNotFound."""
         async with self._restart_lock:
+            await self._start_ended.wait()  # a restart asked for while it starts comes after
             if self.host.kernel_record(self.id) is not self:
                 raise KernelNotFound(f"kernel {self.id} not found")
-            if self._status is Status.STARTING:
-                raise KernelError(f"kernel {self.id} is still starting; restart it once it is "
-                                  "ready")
             await self._restart()
 
     async def _restart(self) -> None:
@@ -257,19 +260,19 @@ class KernelRecord:
         try:
             self.end_executions("KernelRestarted", "the kernel was restarted")
             await self.kill()
-            if self._status is Status.DEAD:
+            if self._destroyed():
                 raise KernelNotFound(f"kernel {self.id} was destroyed while it restarted")
             self.created = time.time()
             self.execution_count = 0
             await self._start_backend()
-            if self._status is Status.DEAD or self.host.kernel_record(self.id) is not self:
+            if self._destroyed():
                 # destroyed while the new backend started: it must not outlive its kernel
                 raise KernelNotFound(f"kernel {self.id} was destroyed while it restarted")
         except BaseException as exc:
             # the new backend never came up (e.g. its mount was refused): the kernel is dead,
             # not "restarting" forever with executions queued behind nothing
             await self.kill()
-            if self._status is Status.DEAD or self.host.kernel_record(self.id) is not self:
+            if self._destroyed():
                 if self._status is not Status.DEAD:
                     self.set_status(Status.DEAD)
                 # destroyed while restarting: a normal end, not a failure
@@ -283,6 +286,11 @@ class KernelRecord:
             raise
         self._ready()
         self._dispatch("kernel_restarted", {"kernel_id": self.id})
+
+    def _destroyed(self) -> bool:
+        """Whether a destroy came while a start or restart awaited (either began with status
+        `starting` / `restarting`, so `dead` now can only be a destroy's)."""
+        return self._status is Status.DEAD or self.host.kernel_record(self.id) is not self
 
     def _dispatch(self, type_: str, data: dict[str, Any]) -> None:
         self.host.dispatch(p.KernelEvent(type_, data, self.id))

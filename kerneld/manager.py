@@ -1,18 +1,24 @@
 """KernelManager: the kernel table, executions, events and lifecycle — embedded or in the daemon.
 
 Process model: a library object living on one asyncio event loop (the caller's, or the
-daemon's). WORKER kernels are processes forked by the zygote (`spawner.ZygoteClient`) that talk
-back through `spawner.WorkerHub`; IN_PROCESS kernels are threads (`inprocess`). Both deliver the
-same protocol messages to `_Kernel.on_message`, so one code path tracks executions.
+daemon's). Each kernel is a `KernelRecord` (`kerneld.kernel`: its state machine and execution
+FIFO) over a `Backend` (`kerneld.backends`): WORKER kernels are processes forked by the zygote
+(`backends.worker`, with the host-wide zygote client, worker hub, uid locks and pid routing in
+`backends.supervisor`); IN_PROCESS kernels are threads (`backends.inprocess`). Both deliver the
+same protocol messages to the record, so one code path tracks executions. Backends come from
+one factory (`backends=` of the constructor, for tests and other runtimes); the warm pool
+(`kerneld.pool`) hands over started ones.
 
-State: `self._kernels` (id → _Kernel). Each kernel has a FIFO of executions; exactly one runs at
-a time, so events of different executions never interleave.
+State: `self._kernels` (id → KernelRecord). Each kernel has a FIFO of executions; exactly one
+runs at a time, so events of different executions never interleave. A kernel's creation
+options are kept as its `KernelSpec` (`kerneld.ops`), and what they allow is decided once
+(`permissions.lower`): a restart starts the same again.
 
 Liveness: a worker's exit is reported by the zygote (`Exited`) within milliseconds; every
 running and queued execution then ends with `execute_error` `KernelDied`. A ticker
 (`_tick`, 10 Hz) applies inactivity and stall rules from `lifecycle.decide`.
-A zygote that dies takes no kernel with it: from then on the manager watches those kernels'
-processes itself (`spawner.ProcessWatch`, pidfds) and feeds their exits into the same path
+A zygote that dies takes no kernel with it: from then on the supervisor watches those kernels'
+processes itself (`supervisor.ProcessWatch`, pidfds) and feeds their exits into the same path
 as the zygote's reports, so death reasons, events and the pool behave the same; the next
 fork starts a new zygote. Under `kerneld serve` (a child subreaper) the orphans are the
 daemon's children: it reaps them with their exit status, kills what the dead zygote forked
@@ -21,31 +27,28 @@ subreaper), the host's reaper gets them and an adopted kernel's exit status is u
 (reported as exit code and signal None: "status unknown").
 
 Shutdown: `close()` ends every execution with `DaemonShutdown`-style errors, kills every
-kernel tree, stops the zygote and removes the worker socket.
+kernel tree, cancels its background tasks, stops the zygote and removes the worker socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import functools
 import inspect
 import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Self
 
-import zmq
-
-import sandbox
 from kerneld import protocol as p
 from kerneld.access import Caller
+from kerneld.backends import Backend, BackendFactory, BackendHost, Launch
+from kerneld.backends.supervisor import Supervisor, WorkerHub, ZygoteClient
+from kerneld.backends.worker import make_worker
 from kerneld.config import ManagerConfig
 from kerneld.errors import (
     InvalidArgument,
@@ -56,38 +59,38 @@ from kerneld.errors import (
     PermissionDenied,
 )
 from kerneld.execution import Execution, ExecutionStream
-from kerneld.kernels import KernelMode, _Kernel
-from kerneld.permissions import PROFILE_NAME, Profile, load_profile, profile_report
+from kerneld.kernel import KernelMode, KernelRecord
+from kerneld.ops import KernelSpec
+from kerneld.permissions import PROFILE_NAME, Profile, load_profile, lower
 from kerneld.pool import Pool
-from kerneld.spawner import ProcessWatch, WorkerHub, ZygoteClient
 
 log = logging.getLogger(__name__)
 
-UID_LOCK_DIR = "/run/kerneld-uids"
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")  # always fullmatch: `$` matches before a \n
 _ID_RULE = "use 1-128 characters of A-Z a-z 0-9 . _ -"
 Listener = Callable[[p.KernelEvent], Any]
 
 
 class KernelManager:
-    """Creates, runs and tracks kernels. All methods run on the manager's event loop."""
+    """Creates, runs and tracks kernels. All methods run on the manager's event loop.
 
-    def __init__(self, config: ManagerConfig | None = None) -> None:
+    `backends`: the factory of every kernel's backend (default: confined workers through the
+    zygote, threads for in_process); a unit test passes a fake one and runs no process."""
+
+    def __init__(self, config: ManagerConfig | None = None, *,
+                 backends: BackendFactory | None = None) -> None:
         self.config = config or ManagerConfig()
-        self._kernels: dict[str, _Kernel] = {}
+        self._kernels: dict[str, KernelRecord] = {}
         self._listeners: dict[str, list[tuple[str, Listener]]] = {}
-        self._by_pid: dict[int, _Kernel] = {}
-        self._ctx: zmq.Context[Any] | None = None
-        self._hub: WorkerHub | None = None
-        self._zygote: ZygoteClient | None = None
-        self._watch: ProcessWatch | None = None
-        self._runtime_dir: str | None = None
+        self.supervisor = Supervisor(self.config)
+        self._factory: BackendFactory = backends or self._default_backend
+        self._supervised = backends is None  # the default factory needs the supervisor
         self._ticker: asyncio.Task[None] | None = None
-        self._uid_locks: dict[int, int] = {}  # uid → fd of its lock file, while in use
+        self._tasks: set[asyncio.Task[Any]] = set()  # listener coroutines, restarts on death
         self._closed = False
         self._profiles: dict[str, Profile] = {}
         # executions queued or running: per kernel [count, code bytes], and for all kernels
-        self._queued: dict[_Kernel, list[int]] = {}
+        self._queued: dict[KernelRecord, list[int]] = {}
         self._queued_total = [0, 0]
         self.pool = Pool(self)
         self.started = time.time()
@@ -97,24 +100,10 @@ class KernelManager:
     async def _ensure_infrastructure(self) -> None:
         if self._closed:
             raise KernelError("the kernel manager is closed")
-        if self._hub is None:
-            base = self.config.runtime_dir or ("/run" if os.geteuid() == 0 else None)
-            if base is not None:
-                os.makedirs(base, exist_ok=True)
-            _sweep_leftovers(base or tempfile.gettempdir())
-            self._runtime_dir = tempfile.mkdtemp(prefix=f"kerneld-{os.getpid()}-", dir=base)
-            os.chmod(self._runtime_dir, 0o700)  # workers see only the bind-mounted socket
-            self._ctx = zmq.Context()
-            self._hub = WorkerHub(self._ctx, os.path.join(self._runtime_dir, "workers.sock"))
-        if self._zygote is None:
-            self._zygote = ZygoteClient(self.config.runtime_python, list(self.config.preload),
-                                        on_message=self._on_zygote_message,
-                                        on_exit=self._on_zygote_exit)
-            self._watch = ProcessWatch(self._on_zygote_message, self.config.runtime_python,
-                                       busy=self._zygote.unreaped_pids)
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name="kerneld-lifecycle")
-        await self._zygote.ensure_started()
+        if self._supervised:
+            await self.supervisor.start()
         if self.config.pool_size and not self.pool.states:
             self.pool.configure()
 
@@ -125,13 +114,11 @@ class KernelManager:
 
     @property
     def hub(self) -> WorkerHub:
-        assert self._hub is not None
-        return self._hub
+        return self.supervisor.hub
 
     @property
     def zygote(self) -> ZygoteClient:
-        assert self._zygote is not None
-        return self._zygote
+        return self.supervisor.zygote
 
     def load_profile(self, name: str) -> Profile:
         """A profile by name (or, where allowed, by path), parsed once until `reload_profiles`."""
@@ -159,6 +146,7 @@ class KernelManager:
         """`kerneld profile check NAME` answered here: the profile a new kernel would get (the
         same lookup, rules and cache as `create_kernel`) and what this host can enforce of it.
         Returns {profile, source, report} (`report`: the text `profile_report` prints)."""
+        from kerneld.permissions import profile_report
         loaded = self.load_profile(profile or self.config.default_profile)
         report = profile_report(loaded)
         if not self.config.confine:
@@ -166,56 +154,56 @@ class KernelManager:
                        "(development mode)")
         return {"profile": loaded.name, "source": loaded.source, "report": report}
 
-    def allocate_uid(self) -> int | None:
-        """A kernel uid nobody else uses: not this manager, nor any other manager or daemon on
-        the host (each holds an flock on /run/kerneld-uids/<uid> while the uid is in use; the
-        lock dies with its holder, so a crash frees the uid)."""
-        if os.geteuid() != 0:
-            return None
-        first, last = self.config.uid_range
-        os.makedirs(UID_LOCK_DIR, mode=0o700, exist_ok=True)
-        for uid in range(first, last + 1):
-            if uid in self._uid_locks:
-                continue
-            fd = os.open(os.path.join(UID_LOCK_DIR, str(uid)),
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self._uid_locks[uid] = fd
-            return uid
-        raise LimitExceeded(f"no free kernel uid left in uid_range {first}-{last}")
+    # ------------------------------------------------------------------ backends
 
-    def release_uid(self, uid: int | None) -> None:
-        fd = self._uid_locks.pop(uid, None) if uid is not None else None
-        if fd is not None:
-            os.close(fd)  # closing drops the lock
+    def _runtime_prefix(self) -> str:
+        return os.path.dirname(os.path.dirname(self.config.runtime_python))
 
-    def track_pid(self, pid: int, kernel: _Kernel | None) -> None:
-        if kernel is None:
-            self._by_pid.pop(pid, None)
-            return
-        self._by_pid[pid] = kernel
-        zygote = self._zygote
-        if zygote is not None and zygote.deaths and not zygote.is_parent_of(pid):
-            assert self._watch is not None
-            self._watch.watch(pid)  # forked by a zygote that died before this was tracked
+    def _default_backend(self, launch: Launch, host: BackendHost) -> Backend:
+        if launch.mode == KernelMode.IN_PROCESS:
+            from kerneld.backends.inprocess import InProcessBackend  # IPython: only when used
+            return InProcessBackend(asyncio.get_running_loop(), dict(launch.lowered.env), host)
+        return make_worker(self.supervisor, launch, host, confine=self.config.confine)
 
-    def _on_zygote_message(self, msg: Any) -> None:
-        kernel = self._by_pid.get(getattr(msg, "pid", -1))
-        if kernel is not None:
-            kernel.on_zygote_message(msg)
-        self.pool.on_zygote_message(msg)  # idle pooled workers are tracked too
+    def backend_for(self, kernel: KernelRecord) -> Backend:
+        """`KernelHost`: the kernel's backend, from the warm pool when one qualifies."""
+        launch = Launch(kernel.id, kernel.mode.value, kernel.lowered, kernel.host_dir)
+        if kernel.mode is KernelMode.WORKER:
+            assert kernel.spec.profile is not None
+            pooled = self.pool.take(kernel.spec.profile, launch, kernel)
+            if pooled is not None:
+                return pooled
+        return self._factory(launch, kernel)
 
-    def _on_zygote_exit(self) -> None:
-        """The zygote died; its kernels did not: watch their processes from here on (and,
-        under a subreaper, whatever else it left: `ProcessWatch.adopt`)."""
-        assert self._watch is not None
-        live = [pid for pid, kernel in self._by_pid.items()
-                if pid in (kernel.pid, kernel.init_pid)]
-        self._watch.adopt(live, claimed=self._by_pid.__contains__)
+    # PoolHost: what the pool needs from here
+
+    @property
+    def workers_started(self) -> bool:
+        return self.supervisor.started or not self._supervised
+
+    @property
+    def zygote_deaths(self) -> int:
+        return self.supervisor.deaths
+
+    def pool_launch(self, profile: str) -> Launch:
+        lowered = lower(self.load_profile(profile), runtime_prefix=self._runtime_prefix())
+        host_dir = lowered.open_host_dir(mount_roots=self.config.mount_roots, caller=None)
+        return Launch(f"pool+{profile}", KernelMode.WORKER.value, lowered, host_dir)
+
+    def new_backend(self, launch: Launch, host: BackendHost) -> Backend:
+        return self._factory(launch, host)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run `coro` in the background: kept until it ends, cancelled by `close()`; its
+        failure is logged."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, what))
+
+    def _task_done(self, what: str, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed task=%r error=%r", what, task.exception())
 
     # ------------------------------------------------------------------ creation
 
@@ -241,16 +229,30 @@ class KernelManager:
         if profile is not None:
             self.load_profile(profile)  # a bad name fails here, before anything is set up
         mode = _mode(mode)
-        if mode is KernelMode.IN_PROCESS and not self.config.allow_in_process:
-            raise PermissionDenied("in_process kernels are disabled here "
-                                   "(allow_in_process = false in the daemon config)")
+        if mode is KernelMode.IN_PROCESS:
+            if not self.config.allow_in_process:
+                raise PermissionDenied("in_process kernels are disabled here "
+                                       "(allow_in_process = false in the daemon config)")
+            if filesystem:
+                raise InvalidArgument(
+                    "filesystem is not supported for in_process kernels: they share this "
+                    "program's filesystem view (nothing would be mounted); use mode \"worker\"")
         if len(self._kernels) >= self.config.max_kernels:
             raise LimitExceeded(f"kernel limit reached (max_kernels = {self.config.max_kernels})")
-        options = {"profile": profile or self.config.default_profile, "env": env,
-                   "filesystem": filesystem, "permissions": permissions, "limits": limits,
-                   "inactivity_timeout": inactivity_timeout,
-                   "max_execution_time": max_execution_time, "caller": caller}
-        kernel = _Kernel(self, kernel_id, namespace, mode, options)
+        spec = KernelSpec(
+            id=id, namespace=namespace, mode=mode.value,
+            profile=profile or self.config.default_profile, env=env, filesystem=filesystem,
+            permissions=permissions, limits=limits, inactivity_timeout=inactivity_timeout,
+            max_execution_time=max_execution_time)
+        assert spec.profile is not None
+        # validated and lowered once (the only check of env, filesystem, permissions, limits)
+        lowered = lower(self.load_profile(spec.profile), env=env, filesystem=filesystem,
+                        permissions=permissions, limits=limits,
+                        runtime_prefix=self._runtime_prefix())
+        # resolved once into a checked, pinned directory (the worker mounts that very inode)
+        host_dir = lowered.open_host_dir(mount_roots=self.config.mount_roots, caller=caller)
+        kernel = KernelRecord(self, kernel_id, spec, mode, lowered, host_dir=host_dir,
+                              owner=caller.principal if caller is not None else None)
         self._kernels[kernel_id] = kernel
         try:
             if mode is KernelMode.WORKER:
@@ -281,7 +283,7 @@ class KernelManager:
 
     # ------------------------------------------------------------------ lookup
 
-    def _get(self, kernel_id: str) -> _Kernel:
+    def _get(self, kernel_id: str) -> KernelRecord:
         kernel = self._kernels.get(kernel_id) if isinstance(kernel_id, str) else None
         if kernel is None:
             raise KernelNotFound(f"kernel {_shown(kernel_id)} not found")
@@ -294,7 +296,7 @@ class KernelManager:
     def get_kernel_ids(self) -> list[str]:
         return list(self._kernels)
 
-    def kernel_record(self, kernel_id: str) -> _Kernel | None:
+    def kernel_record(self, kernel_id: str) -> KernelRecord | None:
         """The record registered under `kernel_id` now (None once destroyed)."""
         return self._kernels.get(kernel_id)
 
@@ -345,7 +347,7 @@ class KernelManager:
         kernel.submit(execution)
         return execution
 
-    def _admit(self, kernel: _Kernel, size: int) -> None:
+    def _admit(self, kernel: KernelRecord, size: int) -> None:
         """LimitExceeded, naming the limit, unless one more execution of `size` bytes of code
         fits the queue limits (executions queued or running, per kernel and in all)."""
         cfg = self.config
@@ -369,7 +371,7 @@ class KernelManager:
                 f"{total_bytes} bytes of code are queued on all kernels; {size} more would "
                 f"exceed the limit (max_queued_code_total = {cfg.max_queued_code_total} bytes)")
 
-    def _unqueue(self, kernel: _Kernel, size: int, _future: object) -> None:
+    def _unqueue(self, kernel: KernelRecord, size: int, _future: object) -> None:
         counts = self._queued.get(kernel)
         if counts is not None:
             counts[0] -= 1
@@ -426,7 +428,7 @@ class KernelManager:
             try:
                 outcome = callback(event)
                 if inspect.isawaitable(outcome):
-                    asyncio.ensure_future(outcome)
+                    self.spawn(outcome, f"listener of {event.type}")  # type: ignore[arg-type]
             except Exception:
                 log.exception("event listener failed kernel=%s event=%s",
                               event.kernel_id, event.type)
@@ -504,7 +506,8 @@ class KernelManager:
         """Kernels by status (cheap: no process is inspected)."""
         out: dict[str, int] = {}
         for kernel in self._kernels.values():
-            out[kernel.status] = out.get(kernel.status, 0) + 1
+            status = kernel.status.value
+            out[status] = out.get(status, 0) + 1
         return out
 
     def reconfigure(self, config: ManagerConfig) -> None:
@@ -512,6 +515,7 @@ class KernelManager:
         profiles; running kernels keep theirs; pool targets follow (idle extras are dropped).
         The runtime interpreter and preload list only change with a new zygote (restart)."""
         self.config = config
+        self.supervisor.config = config
         self.reload_profiles()
         self.pool.configure()
 
@@ -525,7 +529,7 @@ class KernelManager:
                 except Exception:
                     log.exception("lifecycle rules failed kernel=%s", kernel.id)
 
-    async def expire(self, kernel: _Kernel) -> None:
+    async def expire(self, kernel: KernelRecord) -> None:
         """Inactivity timeout reached: destroy and tell listeners."""
         if self._kernels.get(kernel.id) is not kernel:
             return
@@ -550,19 +554,10 @@ class KernelManager:
         await asyncio.gather(*(k.destroy("DaemonShutdown", reason) for k in kernels),
                              return_exceptions=True)
         await self.pool.close()
-        if self._zygote is not None:
-            await self._zygote.close()
-        if self._watch is not None:
-            self._watch.close()
-        if self._hub is not None:
-            await self._hub.close()
-        if self._ctx is not None:
-            self._ctx.term()
-        if self._runtime_dir is not None:
-            try:
-                os.rmdir(self._runtime_dir)
-            except OSError:
-                pass
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -611,28 +606,6 @@ class Kernel:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _dead_owner(name: str, prefix: str) -> bool:
-    """Whether `name` is `<prefix><pid>-...` for a pid that no longer runs."""
-    head = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
-    return head.isdigit() and not os.path.exists(f"/proc/{head}")
-
-
-def _sweep_leftovers(base: str) -> None:
-    """Remove what managers killed without cleanup left: their worker-socket directories
-    (`kerneld-<pid>-*`) and empty kernel cgroups (`m<pid>-*`)."""
-    try:
-        for name in os.listdir(base):
-            if _dead_owner(name, "kerneld-"):
-                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-    except OSError:
-        pass
-    if os.geteuid() == 0:
-        try:
-            sandbox.cgroups.sweep(lambda name: _dead_owner(name, "m"))
-        except OSError:
-            pass
 
 
 def _paths_refused(shown: str, dirs: tuple[str, ...]) -> PermissionDenied:

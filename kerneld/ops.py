@@ -39,7 +39,7 @@ class _Args(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     """Base of every op's arguments."""
 
 
-class CreateKernel(_Args):
+class CreateKernel(_Args, frozen=True):
     id: str | None = None
     namespace: str | None = None
     mode: str = "worker"
@@ -56,39 +56,39 @@ KernelSpec = CreateKernel
 """A kernel's creation options, as stored with it (restart reuses them)."""
 
 
-class _Kernel(_Args):
+class _Kernel(_Args, frozen=True):
     kernel_id: str
 
 
-class _Namespace(_Args):
+class _Namespace(_Args, frozen=True):
     namespace: str | None = None
 
 
-class _NoArgs(_Args):
+class _NoArgs(_Args, frozen=True):
     pass
 
 
-class DestroyKernel(_Kernel):
+class DestroyKernel(_Kernel, frozen=True):
     pass
 
 
-class DestroyAll(_Namespace):
+class DestroyAll(_Namespace, frozen=True):
     pass
 
 
-class ListKernels(_Namespace):
+class ListKernels(_Namespace, frozen=True):
     pass
 
 
-class GetKernelIds(_NoArgs):
+class GetKernelIds(_NoArgs, frozen=True):
     pass
 
 
-class GetKernel(_Kernel):
+class GetKernel(_Kernel, frozen=True):
     pass
 
 
-class Execute(_Args):
+class Execute(_Args, frozen=True):
     kernel_id: str
     code: str
     allow_stdin: bool = False
@@ -96,97 +96,97 @@ class Execute(_Args):
     store_history: bool = True
 
 
-class ExecuteStream(Execute):
+class ExecuteStream(Execute, frozen=True):
     pass
 
 
-class InputReply(_Args):
+class InputReply(_Args, frozen=True):
     kernel_id: str
     value: str
 
 
-class InterruptKernel(_Kernel):
+class InterruptKernel(_Kernel, frozen=True):
     pass
 
 
-class RestartKernel(_Kernel):
+class RestartKernel(_Kernel, frozen=True):
     pass
 
 
-class PingKernel(_Kernel):
+class PingKernel(_Kernel, frozen=True):
     pass
 
 
-class SetInactivityTimeout(_Args):
+class SetInactivityTimeout(_Args, frozen=True):
     kernel_id: str
     timeout: int | float | None
 
 
-class GetInactivityTimeout(_Kernel):
+class GetInactivityTimeout(_Kernel, frozen=True):
     pass
 
 
-class GetTimeUntilShutdown(_Kernel):
+class GetTimeUntilShutdown(_Kernel, frozen=True):
     pass
 
 
-class GetExecutionInfo(_Kernel):
+class GetExecutionInfo(_Kernel, frozen=True):
     pass
 
 
-class GetOngoingExecutionCount(_Kernel):
+class GetOngoingExecutionCount(_Kernel, frozen=True):
     pass
 
 
-class GetStuckExecutions(_Kernel):
+class GetStuckExecutions(_Kernel, frozen=True):
     pass
 
 
-class ForceTerminateKernel(_Args):
+class ForceTerminateKernel(_Args, frozen=True):
     kernel_id: str
     reason: str | None = None
 
 
-class Complete(_Args):
+class Complete(_Args, frozen=True):
     kernel_id: str
     code: str
     cursor_pos: int | None = None
 
 
-class Inspect(_Args):
+class Inspect(_Args, frozen=True):
     kernel_id: str
     code: str
     cursor_pos: int | None = None
     detail_level: int = 0
 
 
-class IsComplete(_Args):
+class IsComplete(_Args, frozen=True):
     kernel_id: str
     code: str
 
 
-class GetPoolStats(_NoArgs):
+class GetPoolStats(_NoArgs, frozen=True):
     pass
 
 
-class CheckProfile(_Args):
+class CheckProfile(_Args, frozen=True):
     profile: str | None = None
 
 
-class Subscribe(_Args):
+class Subscribe(_Args, frozen=True):
     kernel_id: str
     event_type: str
 
 
-class Unsubscribe(_Args):
+class Unsubscribe(_Args, frozen=True):
     subscription: str
 
 
-class Status(_NoArgs):
+class Status(_NoArgs, frozen=True):
     pass
 
 
-class Ping(_NoArgs):
+class Ping(_NoArgs, frozen=True):
     pass
 
 

@@ -63,7 +63,7 @@ from kerneld.errors import (
     LimitExceeded,
     PermissionDenied,
 )
-from kerneld.kernels import KernelEvents
+from kerneld.kernel import KernelEvents
 from kerneld.systemd import Tally
 
 if TYPE_CHECKING:

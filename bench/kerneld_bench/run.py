@@ -124,7 +124,7 @@ class Bench:
     async def check_confined(self, kid: str) -> None:
         """Refuse to report figures of a kernel that is not confined."""
         assert self.kd is not None
-        from kerneld.spawner import SOURCE_DIR
+        from kerneld.backends.supervisor import SOURCE_DIR
         res = await kd_execute(self.kd.client, kid, CONFINED_CODE.format(
             probe=os.path.join(SOURCE_DIR, "pyproject.toml")))
         seen = json.loads(ast.literal_eval(result_text(res) or "'{}'"))

@@ -32,7 +32,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from IPython.core.interactiveshell import InteractiveShell
@@ -180,7 +180,8 @@ class _ThreadChannel:
 
 
 class InProcessBackend:
-    """One in-process kernel: its thread, behind the `kerneld.backends.Backend` interface."""
+    """One in-process kernel: its thread, behind the `kerneld.backends.Backend` interface.
+    Made without starting anything; `start()` starts the thread and waits until it serves."""
 
     pid: int | None = None
 
@@ -195,6 +196,16 @@ class InProcessBackend:
         self.thread = threading.Thread(target=self._run, name="kerneld-inprocess", daemon=True)
 
     # -- Backend, on the event loop ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the thread (once) and wait until its engine serves. Raises KernelStartError
+        if it could not start, or if `kill()` came first."""
+        if self.thread.ident is None and not self._exited.done():
+            self.thread.start()
+        await asyncio.wait((self.ready, self._exited), return_when=asyncio.FIRST_COMPLETED)
+        if self._exited.done():
+            raise KernelStartError("the in-process kernel was killed while it started")
+        self.ready.result()
 
     def attach(self, host: BackendHost) -> None:
         self.host = host
@@ -239,7 +250,13 @@ class InProcessBackend:
 
     def post(self, msg: Any) -> None:
         """Deliver `msg` to whoever is attached, on the event loop."""
-        self.loop.call_soon_threadsafe(self._deliver, msg)
+        self._on_loop(self._deliver, msg)
+
+    def _on_loop(self, func: Callable[..., None], *args: Any) -> None:
+        """`func(*args)` on the event loop; nothing once that loop is closed (the program
+        ended it while a killed kernel's thread still finished its request)."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(func, *args)
 
     def _deliver(self, msg: Any) -> None:
         if not self._exited.done():
@@ -254,32 +271,25 @@ class InProcessBackend:
             channel = _ThreadChannel(self, engine)
             out.targets[ident] = err.targets[ident] = channel
             self.serve = Loop(engine, channel)
-            self.loop.call_soon_threadsafe(_resolve, self.ready)
+            self._on_loop(_resolve, self.ready)
             self.serve.run()
         except BaseException as exc:  # noqa: BLE001  (reported as this kernel's end)
-            self.loop.call_soon_threadsafe(self._died, exc)
+            self._on_loop(self._died, exc)
         finally:
             out.targets.pop(ident, None)
             err.targets.pop(ident, None)
 
     def _died(self, exc: BaseException) -> None:
         """The thread ended on its own: while starting, the start fails; later, a death."""
+        if self._exited.done():
+            return  # killed already: nobody waits for this thread any more
         reason = f"the in-process kernel's thread failed: {type(exc).__name__}: {exc}"
         if not self.ready.done():
             self.ready.set_exception(KernelStartError(reason))
             return
-        if not self._exited.done():
-            info = ExitInfo(reason, None, None)
-            self._exited.set_result(info)
-            self.host.on_exit(info)
-
-
-async def start_inprocess(env: Mapping[str, str], host: BackendHost) -> InProcessBackend:
-    """An in-process kernel with environment `env`, ready to serve and attached to `host`."""
-    backend = InProcessBackend(asyncio.get_running_loop(), env, host)
-    backend.thread.start()
-    await backend.ready
-    return backend
+        info = ExitInfo(reason, None, None)
+        self._exited.set_result(info)
+        self.host.on_exit(info)
 
 
 @contextlib.contextmanager

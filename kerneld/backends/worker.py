@@ -216,8 +216,10 @@ class WorkerBackend:
         if not isinstance(msg, p.Exited):
             return
         if msg.pid != self._worker_pid:
+            self.supervisor.track_pid(msg.pid, None)
             _resolve(self._init_gone)
             return  # the init's own exit; the worker's is reported separately
+        self.supervisor.track_pid(msg.pid, None)
         _resolve(self._gone)
         if self._hello is not None and not self._hello.done():
             self._hello.set_exception(KernelStartError(
@@ -225,7 +227,6 @@ class WorkerBackend:
             return
         if self._boot_failed or self._killed or not self._started:
             return  # an exit we caused, or one the start has reported already
-        self.supervisor.track_pid(msg.pid, None)
         self.pid = None
         info = ExitInfo(describe_exit(msg, self._oom_killed()), msg.exit_code, signal_of(msg))
         self._kill_init()  # whatever the worker left running dies with its namespace

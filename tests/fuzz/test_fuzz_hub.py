@@ -236,7 +236,7 @@ def _unread(hub: Hub) -> bool:
         workers = hub.mt.manager.hub
         stalled = bool(workers.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
         if stalled:  # reading EVENTS may take the fd's edge: drain, as the hub's send does
-            workers.loop.call_soon(workers._drain)
+            workers._drain.after_send()
         return stalled
     return bool(hub.mt.run(probe()))
 
@@ -282,7 +282,7 @@ def test_a_kernels_token_cannot_be_taken(hub: Hub) -> None:
 
 
 async def _token_of(manager: KernelManager, kernel_id: str) -> bytes:
-    return manager._get(kernel_id).token
+    return manager._get(kernel_id).backend.token
 
 
 def _hub_deep_nesting(hub: Hub) -> None:
@@ -324,7 +324,7 @@ class _Count(logging.Handler):
 def _hub_log_flood(hub: Hub) -> None:
     """200 malformed messages from a worker: a bounded number of log records."""
     counter = _Count()
-    logger = logging.getLogger("kerneld.spawner")
+    logger = logging.getLogger("kerneld.backends.supervisor")
     logger.addHandler(counter)
     try:
         for i in range(200):

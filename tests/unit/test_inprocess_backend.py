@@ -11,8 +11,8 @@ import pytest
 
 from kerneld import protocol as p
 from kerneld.backends import ExitInfo
-from kerneld.backends.inprocess import InProcessBackend, start_inprocess
-from kerneld.errors import InvalidArgument
+from kerneld.backends.inprocess import InProcessBackend
+from kerneld.errors import InvalidArgument, KernelStartError
 
 pytestmark = pytest.mark.asyncio
 
@@ -51,7 +51,8 @@ def _streams(messages: list[Any]) -> str:
 
 
 async def _started(host: Host) -> InProcessBackend:
-    backend = await start_inprocess({"KERNELD_TEST_ENV": "1"}, host)
+    backend = InProcessBackend(asyncio.get_running_loop(), {"KERNELD_TEST_ENV": "1"}, host)
+    await backend.start()
     assert backend.pid is None and backend.memory_bytes() is None
     return backend
 
@@ -103,3 +104,15 @@ async def test_pause_and_resume_are_refused() -> None:
     with pytest.raises(InvalidArgument, match="in_process"):
         await backend.resume()
     await backend.kill()
+
+
+async def test_a_kill_while_it_starts_makes_the_start_fail() -> None:
+    backend = InProcessBackend(asyncio.get_running_loop(), {}, Host())
+    starting = asyncio.ensure_future(backend.start())
+    await asyncio.sleep(0)
+    await backend.kill()
+    with pytest.raises(KernelStartError, match="killed"):
+        await starting
+    assert backend.exited.result() is None
+    await asyncio.to_thread(backend.thread.join, 10)  # it still built its engine, then ended
+    assert not backend.thread.is_alive()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kerneld.manager import _dead_owner, _sweep_leftovers
+from kerneld.backends.supervisor import _dead_owner, _sweep_leftovers
 
 
 def dead_pid() -> int:

@@ -66,7 +66,7 @@ def test_pool_status_line_has_one_format_before_and_after_a_reload():
     from kerneld.config import ManagerConfig
     from kerneld.pool import Pool
 
-    manager = SimpleNamespace(config=ManagerConfig(pool_size=0), _hub=None)
+    manager = SimpleNamespace(config=ManagerConfig(pool_size=0), workers_started=False)
     pool = Pool(manager)  # type: ignore[arg-type]
     assert repr(pool) == "pool off"
     pool.configure()  # what a reload (KernelManager.reconfigure) does

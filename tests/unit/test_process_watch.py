@@ -1,6 +1,6 @@
-"""What the manager does with processes its dead zygote left (kerneld.spawner.ProcessWatch), and
-the sweep of dead zygotes' IPYTHONDIRs. Real child processes; the test process plays a daemon
-(a child subreaper) for the duration of a test."""
+"""What the manager does with processes its dead zygote left
+(kerneld.backends.supervisor.ProcessWatch), and the sweep of dead zygotes' IPYTHONDIRs. Real
+child processes; the test process plays a daemon (a child subreaper) for the duration of a test."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import prctl
 import pytest
 
 from kerneld import protocol as p
-from kerneld import spawner
-from kerneld.spawner import ProcessWatch, sweep_ipython_dirs
+from kerneld.backends import supervisor
+from kerneld.backends.supervisor import ProcessWatch, sweep_ipython_dirs
 from tests._proc import process_state
 
 
@@ -84,7 +84,7 @@ async def test_a_process_we_cannot_reap_is_reported_with_unknown_status() -> Non
 
 async def test_adopt_kills_strays_no_kernel_claims(subreaper: None,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spawner, "STRAY_GRACE", 0.05)
+    monkeypatch.setattr(supervisor, "STRAY_GRACE", 0.05)
     exits: list[p.Exited] = []
     watch = ProcessWatch(exits.append, sys.executable)
     stray, claimed = (_spawn("import time; time.sleep(30)") for _ in range(2))

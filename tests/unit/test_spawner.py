@@ -1,4 +1,4 @@
-"""The zygote's process handling in the manager (kerneld.spawner)."""
+"""The zygote's process handling in the manager (kerneld.backends.supervisor)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from kerneld.spawner import _kill
+from kerneld.backends.supervisor import _kill
 from tests._proc import process_state
 
 

@@ -1,0 +1,99 @@
+"""The KernelManager over a fake backend factory (`backends=`): the create → execute →
+restart → destroy paths, the stored KernelSpec, background tasks, and the requests refused
+before any backend is made. No process, no zygote."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from kerneld import InvalidArgument, KernelManager
+from kerneld.config import ManagerConfig
+from kerneld.ops import KernelSpec
+from kerneld.protocol import KernelEvent
+from tests._fake_backend import FakeFactory
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[KernelManager, FakeFactory]]:
+    factory = FakeFactory()
+    manager = KernelManager(ManagerConfig(), backends=factory)
+    yield manager, factory
+    await manager.close()
+
+
+async def test_a_kernel_runs_on_the_injected_backend(fake: tuple[KernelManager, FakeFactory]) -> None:
+    manager, factory = fake
+    kid = await manager.create_kernel(id="a", namespace="ns", env={"X": "1"},
+                                      inactivity_timeout=30)
+    assert kid == "ns:a" and not manager.supervisor.started  # no zygote, no hub
+    result = await manager.execute(kid, "1+1")
+    assert result.status == "ok" and result.result["data"] == {"text/plain": "2"}
+    (info,) = manager.list_kernels()
+    assert info["status"] == "idle" and info["pid"] == factory.made[0].pid
+    assert manager.counts() == {"idle": 1}
+    record = manager._get(kid)
+    assert record.spec == KernelSpec(id="a", namespace="ns", mode="worker", profile="default",
+                                     env={"X": "1"}, inactivity_timeout=30)
+    assert factory.made[0].launch.lowered is record.lowered
+    assert dict(record.lowered.env) == {"X": "1"} and record.inactivity_timeout == 30
+
+
+async def test_restart_reuses_the_spec_and_its_lowering(fake: tuple[KernelManager, FakeFactory]) -> None:
+    manager, factory = fake
+    kid = await manager.create_kernel(limits={"memory": "64MiB"})
+    lowered = manager._get(kid).lowered
+    events: list[KernelEvent] = []
+    manager.on_kernel_event(kid, "kernel_restarted", events.append)
+    assert await manager.restart_kernel(kid)
+    assert len(factory.made) == 2 and factory.made[0].killed
+    assert factory.made[1].launch.lowered is lowered
+    assert [e.type for e in events] == ["kernel_restarted"]
+    await manager.destroy_kernel(kid)
+    assert factory.made[1].killed and manager.get_kernel_ids() == []
+
+
+async def test_listener_coroutines_are_kept_and_cancelled_on_close() -> None:
+    factory = FakeFactory()
+    manager = KernelManager(ManagerConfig(), backends=factory)
+    kid = await manager.create_kernel()
+    started, finished = asyncio.Event(), []
+
+    async def slow_listener(event: KernelEvent) -> None:
+        started.set()
+        await asyncio.sleep(30)
+        finished.append(event)
+
+    manager.on_kernel_event(kid, "*", slow_listener)
+    await manager.execute(kid, "1+1")
+    await started.wait()
+    assert manager._tasks  # referenced while it runs, not fire-and-forget
+    await manager.close()
+    assert not manager._tasks and finished == []
+
+
+async def test_a_failed_start_leaves_no_kernel(fake: tuple[KernelManager, FakeFactory]) -> None:
+    manager, factory = fake
+    factory.fail = InvalidArgument("mount refused")
+    with pytest.raises(InvalidArgument, match="mount refused"):
+        await manager.create_kernel(id="x")
+    assert manager.get_kernel_ids() == [] and factory.made[0].killed
+
+
+async def test_in_process_with_a_filesystem_is_refused_naming_the_option() -> None:
+    """Issue 12: the option was silently ignored (the cwd stayed the caller's and the mount
+    point did not exist); an in_process kernel shares this program's filesystem view."""
+    factory = FakeFactory()
+    manager = KernelManager(ManagerConfig(allow_in_process=True), backends=factory)
+    try:
+        with pytest.raises(InvalidArgument, match=r"^filesystem is not supported for "
+                                                  r"in_process kernels: .*use mode \"worker\""):
+            await manager.create_kernel(mode="in_process",
+                                        filesystem={"root": "/tmp", "mount_point": "/work"})
+        assert manager.get_kernel_ids() == [] and factory.made == []
+        await manager.create_kernel(mode="in_process", filesystem={})  # nothing asked
+        assert len(factory.made) == 1
+    finally:
+        await manager.close()
