@@ -61,7 +61,7 @@ from kerneld.errors import (
 from kerneld.execution import Execution, ExecutionStream
 from kerneld.kernel import KernelMode, KernelRecord
 from kerneld.ops import KernelSpec
-from kerneld.permissions import PROFILE_NAME, Profile, load_profile, lower
+from kerneld.permissions import PROFILE_NAME, Lowered, Profile, load_profile, lower
 from kerneld.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class KernelManager:
         self._tasks: set[asyncio.Task[Any]] = set()  # listener coroutines, restarts on death
         self._closed = False
         self._profiles: dict[str, Profile] = {}
+        self._plain: dict[str, Lowered] = {}  # profile → its lowering for an empty request
         # executions queued or running: per kernel [count, code bytes], and for all kernels
         self._queued: dict[KernelRecord, list[int]] = {}
         self._queued_total = [0, 0]
@@ -141,6 +142,7 @@ class KernelManager:
     def reload_profiles(self) -> None:
         """Forget parsed profiles: new kernels read the files again (running ones keep theirs)."""
         self._profiles.clear()
+        self._plain.clear()
 
     def check_profile(self, profile: str | None = None) -> dict[str, Any]:
         """`kerneld profile check NAME` answered here: the profile a new kernel would get (the
@@ -186,9 +188,26 @@ class KernelManager:
         return self.supervisor.deaths
 
     def pool_launch(self, profile: str) -> Launch:
-        lowered = lower(self.load_profile(profile), runtime_prefix=self._runtime_prefix())
+        lowered = self._lower(profile)
         host_dir = lowered.open_host_dir(mount_roots=self.config.mount_roots, caller=None)
         return Launch(f"pool+{profile}", KernelMode.WORKER.value, lowered, host_dir)
+
+    def _lower(self, profile: str, env: dict[str, str] | None = None,
+               filesystem: dict[str, Any] | None = None,
+               permissions: dict[str, Any] | None = None,
+               limits: dict[str, Any] | None = None) -> Lowered:
+        """`permissions.lower` of a request for `profile`. A request that asks for nothing
+        (the common case, and every pooled backend) lowers the same way each time until the
+        profiles are reloaded: that result is kept, and shared (a `Lowered` is frozen)."""
+        plain = env is None and filesystem is None and permissions is None and limits is None
+        if plain and (kept := self._plain.get(profile)) is not None:
+            return kept
+        lowered = lower(self.load_profile(profile), env=env, filesystem=filesystem,
+                        permissions=permissions, limits=limits,
+                        runtime_prefix=self._runtime_prefix())
+        if plain:
+            self._plain[profile] = lowered
+        return lowered
 
     def new_backend(self, launch: Launch, host: BackendHost) -> Backend:
         return self._factory(launch, host)
@@ -246,9 +265,7 @@ class KernelManager:
             max_execution_time=max_execution_time)
         assert spec.profile is not None
         # validated and lowered once (the only check of env, filesystem, permissions, limits)
-        lowered = lower(self.load_profile(spec.profile), env=env, filesystem=filesystem,
-                        permissions=permissions, limits=limits,
-                        runtime_prefix=self._runtime_prefix())
+        lowered = self._lower(spec.profile, env, filesystem, permissions, limits)
         # resolved once into a checked, pinned directory (the worker mounts that very inode)
         host_dir = lowered.open_host_dir(mount_roots=self.config.mount_roots, caller=caller)
         kernel = KernelRecord(self, kernel_id, spec, mode, lowered, host_dir=host_dir,

@@ -97,3 +97,16 @@ async def test_in_process_with_a_filesystem_is_refused_naming_the_option() -> No
         assert len(factory.made) == 1
     finally:
         await manager.close()
+
+
+async def test_an_empty_request_reuses_its_profiles_lowering_until_a_reload(
+        fake: tuple[KernelManager, FakeFactory]) -> None:
+    manager, _ = fake
+    a, b = await manager.create_kernel(), await manager.create_kernel()
+    assert manager._get(a).lowered is manager._get(b).lowered
+    narrowed = await manager.create_kernel(limits={"memory": "64MiB"})
+    assert manager._get(narrowed).lowered is not manager._get(a).lowered
+    manager.reload_profiles()
+    c = await manager.create_kernel()
+    assert manager._get(c).lowered is not manager._get(a).lowered
+    assert manager._get(c).lowered == manager._get(a).lowered
