@@ -69,23 +69,23 @@ class _NoArgs(_Args, frozen=True):
 
 
 class DestroyKernel(_Kernel, frozen=True):
-    pass
+    """Kill a kernel's whole process tree and forget it."""
 
 
 class DestroyAll(_Namespace, frozen=True):
-    pass
+    """Destroy every kernel (of one namespace); the number destroyed."""
 
 
 class ListKernels(_Namespace, frozen=True):
-    pass
+    """Every kernel (of one namespace), described."""
 
 
 class GetKernelIds(_NoArgs, frozen=True):
-    pass
+    """The ids of every kernel."""
 
 
 class GetKernel(_Kernel, frozen=True):
-    pass
+    """One kernel, described as `list_kernels` does."""
 
 
 class Execute(_Args, frozen=True):
@@ -97,7 +97,7 @@ class Execute(_Args, frozen=True):
 
 
 class ExecuteStream(Execute, frozen=True):
-    pass
+    """As `execute`, streaming the execution's events before its result."""
 
 
 class InputReply(_Args, frozen=True):
@@ -106,15 +106,15 @@ class InputReply(_Args, frozen=True):
 
 
 class InterruptKernel(_Kernel, frozen=True):
-    pass
+    """Interrupt the running execution (SIGINT); false for an unknown kernel."""
 
 
 class RestartKernel(_Kernel, frozen=True):
-    pass
+    """A fresh process for the kernel, same id and spec; state is lost."""
 
 
 class PingKernel(_Kernel, frozen=True):
-    pass
+    """Count as activity for the inactivity timeout."""
 
 
 class SetInactivityTimeout(_Args, frozen=True):
@@ -123,23 +123,23 @@ class SetInactivityTimeout(_Args, frozen=True):
 
 
 class GetInactivityTimeout(_Kernel, frozen=True):
-    pass
+    """The kernel's inactivity timeout in seconds, or null."""
 
 
 class GetTimeUntilShutdown(_Kernel, frozen=True):
-    pass
+    """Seconds until the inactivity timeout fires, or null."""
 
 
 class GetExecutionInfo(_Kernel, frozen=True):
-    pass
+    """The executions running or queued, and whether any is stuck."""
 
 
 class GetOngoingExecutionCount(_Kernel, frozen=True):
-    pass
+    """How many executions are running or queued."""
 
 
 class GetStuckExecutions(_Kernel, frozen=True):
-    pass
+    """The executions past `max_execution_time`."""
 
 
 class ForceTerminateKernel(_Args, frozen=True):
@@ -166,7 +166,7 @@ class IsComplete(_Args, frozen=True):
 
 
 class GetPoolStats(_NoArgs, frozen=True):
-    pass
+    """The warm pool's counters per profile."""
 
 
 class CheckProfile(_Args, frozen=True):
@@ -183,11 +183,11 @@ class Unsubscribe(_Args, frozen=True):
 
 
 class Status(_NoArgs, frozen=True):
-    pass
+    """The daemon's health (answered by the service)."""
 
 
 class Ping(_NoArgs, frozen=True):
-    pass
+    """Liveness and protocol version (answered by the service)."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,15 @@ from tests._fake_backend import FakeHost, record
 STALL = 'max_execution_time = 1\non_stall = "interrupt"\n'
 
 
+async def _held_start(host: FakeHost) -> tuple[KernelRecord, asyncio.Task[None], asyncio.Event]:
+    """A new kernel whose backend's start waits, once begun, until the gate is set."""
+    host.factory.gate = gate = asyncio.Event()
+    kernel = record(host)
+    start = asyncio.create_task(kernel.start())
+    await asyncio.sleep(0)
+    return kernel, start, gate
+
+
 def _execution(kernel: KernelRecord, code: str = "1+1") -> Execution:
     return Execution(kernel.id, code, allow_stdin=False, silent=False, store_history=True,
                      streaming=False)
@@ -99,10 +108,7 @@ async def test_executions_run_one_at_a_time_in_order() -> None:
 
 async def test_an_execution_submitted_while_starting_waits_for_idle() -> None:
     host = FakeHost()
-    host.factory.gate = gate = asyncio.Event()
-    kernel = record(host)
-    start = asyncio.create_task(kernel.start())
-    await asyncio.sleep(0)
+    kernel, start, gate = await _held_start(host)
     execution = _execution(kernel)
     kernel.submit(execution)
     assert kernel.status is Status.STARTING and kernel.current is None
@@ -115,10 +121,7 @@ async def test_an_execution_submitted_while_starting_waits_for_idle() -> None:
 async def test_a_failed_start_is_dead_and_ends_what_was_queued() -> None:
     host = FakeHost()
     host.factory.fail = KernelStartError("no zygote")
-    host.factory.gate = gate = asyncio.Event()
-    kernel = record(host)
-    start = asyncio.create_task(kernel.start())
-    await asyncio.sleep(0)
+    kernel, start, gate = await _held_start(host)
     queued = _execution(kernel)
     kernel.submit(queued)
     gate.set()
@@ -131,10 +134,7 @@ async def test_a_failed_start_is_dead_and_ends_what_was_queued() -> None:
 
 async def test_destroy_while_starting_kills_what_is_starting() -> None:
     host = FakeHost()
-    host.factory.gate = gate = asyncio.Event()
-    kernel = record(host)
-    start = asyncio.create_task(kernel.start())
-    await asyncio.sleep(0)
+    kernel, start, gate = await _held_start(host)
     await kernel.destroy("KernelDestroyed", "the kernel was destroyed")
     assert kernel.status is Status.DEAD and host.factory.made[0].killed
     gate.set()
@@ -262,10 +262,7 @@ async def test_restarts_queue_behind_one_another_and_not_after_a_destroy() -> No
 
 async def test_a_restart_asked_for_while_starting_comes_after_the_start() -> None:
     host = FakeHost()
-    host.factory.gate = gate = asyncio.Event()
-    kernel = record(host)
-    start = asyncio.create_task(kernel.start())
-    await asyncio.sleep(0)
+    kernel, start, gate = await _held_start(host)
     restart = asyncio.create_task(kernel.restart())
     await asyncio.sleep(0)
     assert kernel.status is Status.STARTING and len(host.factory.made) == 1
