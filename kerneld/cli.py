@@ -283,7 +283,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"tcp:      {status['tcp_address']} (CURVE)")
     print(f"uptime:   {_duration(status['uptime'])}")
     print(f"kernels:  {k['total']} (idle {k['idle']}, busy {k['busy']}, starting "
-          f"{k['starting']}, dead {k['dead']})")
+          f"{k['starting']}, restarting {k.get('restarting', 0)}, dead {k['dead']})")
     print(f"pool:     {status['pool']}")
     print(f"memory:   daemon RSS {_size(status['rss_bytes'])}")
     print(f"confine:  {'yes' if status['confine'] else 'NO (development mode)'}; in_process "

@@ -134,7 +134,7 @@ class Daemon:
     # ================================================================== status
 
     def _kernel_counts(self) -> dict[str, int]:
-        counts = {"total": 0, "starting": 0, "idle": 0, "busy": 0, "dead": 0}
+        counts = {"total": 0, "starting": 0, "idle": 0, "busy": 0, "restarting": 0, "dead": 0}
         for status, n in self.manager.counts().items():
             counts["total"] += n
             counts[status] = counts.get(status, 0) + n
@@ -143,7 +143,8 @@ class Daemon:
     def status_line(self) -> str:
         c = self._kernel_counts()
         return (f"kernels={c['total']} idle={c['idle']} busy={c['busy']} "
-                f"starting={c['starting']} dead={c['dead']}; {self.manager.pool!r}")
+                f"starting={c['starting']} restarting={c['restarting']} dead={c['dead']}; "
+                f"{self.manager.pool!r}")
 
     def status(self) -> dict[str, Any]:
         """What the `status` op answers (`kerneld status`)."""

@@ -352,7 +352,8 @@ def test_status(client: kerneld.client.Client, daemon: Daemon) -> None:
     kid = client.create_kernel()
     status = client.status()
     assert status["version"] == kerneld.__version__ and status["pid"] == daemon.pid
-    assert status["kernels"]["total"] == 1 and status["kernels"]["idle"] == 1
+    assert status["kernels"] == {"total": 1, "starting": 0, "idle": 1, "busy": 0, "restarting": 0,
+                                 "dead": 0}
     assert status["pool"].startswith("pool") and status["rss_bytes"] > 1 << 20
     assert status["confine"] is False and status["allow_in_process"] is False
     assert status["uptime"] > 0
