@@ -14,7 +14,7 @@ Kinds:
 `CreateKernel` is also the kernel's `KernelSpec`: the manager stores it with the kernel,
 restart starts the same spec again, the pool compares what it lowers to.
 
-Decoding (`decode`) checks a request's arguments against the Struct's fields before anything
+Decoding (`lookup`, then `decode`) checks a request's arguments against the Struct's fields before anything
 runs — unknown names (named in the error), missing required ones, values of the wrong type —
 so nothing arbitrary reaches the manager, and each front gets the same `InvalidArgument`
 messages whatever its framing. Values are checked by type only here; their meaning (ids,
@@ -276,13 +276,18 @@ def check_args(op: Op, args: dict[str, Any]) -> None:
                               f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
 
 
-def decode(name: str, args: dict[str, Any]) -> tuple[Op, _Args]:
-    """The op named `name` and its arguments as its Struct; InvalidArgument if either is bad."""
+def lookup(name: str) -> Op:
+    """The op named `name`; InvalidArgument naming it if there is none."""
     op = OPS.get(name) if isinstance(name, str) else None
     if op is None:
         raise InvalidArgument(f"unknown op {str(name)[:64]!r}")
+    return op
+
+
+def decode(op: Op, args: dict[str, Any]) -> _Args:
+    """`args` as `op`'s Struct; InvalidArgument (see `check_args`) if they do not fit."""
     check_args(op, args)
-    return op, op.args_type(**args)
+    return op.args_type(**args)
 
 
 def as_kwargs(args: _Args) -> dict[str, Any]:

@@ -146,9 +146,10 @@ class Service:
     def handle(self, peer: Peer, rid: str, name: str, args: dict[str, Any]) -> None:
         """Handle one request; its answer goes to `peer` (now, or later from a task or a
         done-callback). Never raises."""
-        op = ops.OPS.get(name) if isinstance(name, str) else None
-        if op is None:
-            peer.reply(rid, error=InvalidArgument(f"unknown op {str(name)[:64]!r}"))
+        try:
+            op = ops.lookup(name)
+        except InvalidArgument as exc:
+            peer.reply(rid, error=exc)
             return
         if not self.accepting:
             peer.reply(rid, error=DaemonUnavailable("the daemon is shutting down"))
@@ -158,8 +159,7 @@ class Service:
                 f"the daemon is working on {MAX_INFLIGHT} requests already; retry later"))
             return
         try:
-            ops.check_args(op, args)
-            params = op.args_type(**args)
+            params = ops.decode(op, args)
             if not self._scoped(peer, rid, op, params):
                 self._dispatch(peer, rid, op, params)
         except KernelError as exc:

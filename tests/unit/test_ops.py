@@ -14,7 +14,7 @@ import pytest
 from kerneld import InvalidArgument
 from kerneld.client import AsyncClient, Client
 from kerneld.manager import KernelManager
-from kerneld.ops import OPS, CreateKernel, KernelSpec, check_args, decode
+from kerneld.ops import OPS, CreateKernel, KernelSpec, check_args, decode, lookup
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 _NOT_ON_THE_WIRE = {"self", "caller"}  # `caller`: set by the daemon from the peer, never sent
@@ -64,16 +64,17 @@ def test_the_docs_table_lists_every_op_with_its_arguments() -> None:
 
 
 def test_decode_gives_the_ops_struct_and_refuses_what_does_not_fit() -> None:
-    op, args = decode("create_kernel", {"namespace": "n", "inactivity_timeout": 3})
+    op = lookup("create_kernel")
+    args = decode(op, {"namespace": "n", "inactivity_timeout": 3})
     assert op.kind == "call" and isinstance(args, CreateKernel) and KernelSpec is CreateKernel
     assert (args.namespace, args.mode, args.env) == ("n", "worker", None)
     with pytest.raises(msgspec.ValidationError):  # forbid_unknown_fields, for the typed path
         msgspec.convert({"nope": 1}, CreateKernel)
     with pytest.raises(InvalidArgument, match="unknown op 'nope'"):
-        decode("nope", {})
+        lookup("nope")
     with pytest.raises(InvalidArgument, match=r"create_kernel: argument env must be dict or "
                                                r"null, not list"):
-        decode("create_kernel", {"env": []})
+        decode(op, {"env": []})
 
 
 def test_check_args() -> None:
