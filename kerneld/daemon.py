@@ -254,13 +254,8 @@ class Daemon:
         self.exit_code = exit_code
 
     def _running_executions(self) -> int:
-        total = 0
-        for kernel_id in self.manager.get_kernel_ids():
-            try:
-                total += self.manager.get_ongoing_execution_count(kernel_id)
-            except KernelError:
-                pass
-        return total
+        """Executions queued or running, all kernels (the manager keeps the count)."""
+        return self.manager.queued_executions()[0]
 
     async def _finish_requests(self, timeout: float) -> None:
         """Let in-flight requests send their replies (the service cancels what still waits:

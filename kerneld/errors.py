@@ -65,6 +65,21 @@ class InternalError(KernelError):
     pass
 
 
+def shown(value: object, limit: int = 64) -> str:
+    """`repr(value)` for an error message, cut to about `limit` characters (a client's bad
+    value goes back to it, and into logs: never a megabyte of it)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit + 2 else f"{text[:limit]}…"
+
+
+def kernel_not_found(kernel_id: object) -> KernelNotFound:
+    """The one "not found" for a kernel id: the same words whether the kernel does not exist
+    or belongs to another caller (different words would tell that it exists)."""
+    return KernelNotFound(f"kernel {shown(kernel_id)} not found")
+
+
 _BY_NAME: dict[str, type[KernelError]] = {
     cls.__name__: cls
     for cls in (

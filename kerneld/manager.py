@@ -53,15 +53,16 @@ from kerneld.config import ManagerConfig
 from kerneld.errors import (
     InvalidArgument,
     KernelError,
-    KernelNotFound,
     KernelStartError,
     LimitExceeded,
     PermissionDenied,
+    kernel_not_found,
+    shown,
 )
 from kerneld.execution import Execution, ExecutionStream
 from kerneld.kernel import KernelMode, KernelRecord
 from kerneld.ops import KernelSpec
-from kerneld.permissions import PROFILE_NAME, Lowered, Profile, load_profile, lower
+from kerneld.permissions import PROFILE_NAME, Lowered, Profile, load_profile, lower, with_env
 from kerneld.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -127,12 +128,12 @@ class KernelManager:
             raise InvalidArgument(f"profile must be a string, not {type(name).__name__}")
         if "/" in name or name.endswith(".toml"):
             if not self.config.allow_profile_paths:
-                raise _paths_refused(_shown(name), self.config.profile_dirs)
+                raise _paths_refused(shown(name), self.config.profile_dirs)
             if "\0" in name or len(name) > 4096:
-                raise InvalidArgument(f"invalid profile path {_shown(name)}: at most 4096 "
+                raise InvalidArgument(f"invalid profile path {shown(name)}: at most 4096 "
                                       "characters, no NUL")
         elif not PROFILE_NAME.fullmatch(name):
-            raise InvalidArgument(f"invalid profile name {_shown(name)}: use 1-128 characters "
+            raise InvalidArgument(f"invalid profile name {shown(name)}: use 1-128 characters "
                                   "of A-Z a-z 0-9 . _ -, not starting with . or -")
         profile = self._profiles.get(name)
         if profile is None:
@@ -196,18 +197,19 @@ class KernelManager:
                filesystem: dict[str, Any] | None = None,
                permissions: dict[str, Any] | None = None,
                limits: dict[str, Any] | None = None) -> Lowered:
-        """`permissions.lower` of a request for `profile`. A request that asks for nothing
-        (the common case, and every pooled backend) lowers the same way each time until the
-        profiles are reloaded: that result is kept, and shared (a `Lowered` is frozen)."""
-        plain = env is None and filesystem is None and permissions is None and limits is None
-        if plain and (kept := self._plain.get(profile)) is not None:
-            return kept
-        lowered = lower(self.load_profile(profile), env=env, filesystem=filesystem,
-                        permissions=permissions, limits=limits,
-                        runtime_prefix=self._runtime_prefix())
-        if plain:
-            self._plain[profile] = lowered
-        return lowered
+        """`permissions.lower` of a request for `profile`. A request that narrows nothing (the
+        common case, and every pooled backend) lowers the same way each time until the
+        profiles are reloaded: that result is kept and shared (a `Lowered` is frozen), and a
+        request's `env` only replaces its env (so the pool compares the same objects)."""
+        if filesystem is not None or permissions is not None or limits is not None:
+            return lower(self.load_profile(profile), env=env, filesystem=filesystem,
+                         permissions=permissions, limits=limits,
+                         runtime_prefix=self._runtime_prefix())
+        plain = self._plain.get(profile)
+        if plain is None:
+            plain = self._plain[profile] = lower(self.load_profile(profile),
+                                                 runtime_prefix=self._runtime_prefix())
+        return plain if env is None else with_env(plain, env)
 
     def new_backend(self, launch: Launch, host: BackendHost) -> Backend:
         return self._factory(launch, host)
@@ -287,12 +289,12 @@ class KernelManager:
         if id is None:
             base = str(uuid.uuid4())
         elif not isinstance(id, str) or not _ID_RE.fullmatch(id):
-            raise InvalidArgument(f"invalid kernel id {_shown(id)}: {_ID_RULE}")
+            raise InvalidArgument(f"invalid kernel id {shown(id)}: {_ID_RULE}")
         else:
             base = id
         if namespace is not None:
             if not isinstance(namespace, str) or not _ID_RE.fullmatch(namespace):
-                raise InvalidArgument(f"invalid namespace {_shown(namespace)}: {_ID_RULE}")
+                raise InvalidArgument(f"invalid namespace {shown(namespace)}: {_ID_RULE}")
             base = f"{namespace}:{base}"
         if base in self._kernels:
             raise InvalidArgument(f"Kernel with ID {base} already exists")
@@ -303,7 +305,7 @@ class KernelManager:
     def _get(self, kernel_id: str) -> KernelRecord:
         kernel = self._kernels.get(kernel_id) if isinstance(kernel_id, str) else None
         if kernel is None:
-            raise KernelNotFound(f"kernel {_shown(kernel_id)} not found")
+            raise kernel_not_found(kernel_id)
         return kernel
 
     def get_kernel(self, kernel_id: str) -> Kernel:
@@ -637,15 +639,6 @@ def _paths_refused(shown: str, dirs: tuple[str, ...]) -> PermissionDenied:
         "(KERNELD_KERNELS_ALLOW_PROFILE_PATHS=true) and reload it")
 
 
-def _shown(value: object, limit: int = 64) -> str:
-    """`repr(value)` for an error message, cut to about `limit` characters (a client's bad
-    value goes back to it, and into logs: never a megabyte of it)."""
-    if isinstance(value, str) and len(value) > limit:
-        return f"{value[:limit]!r}… ({len(value)} characters)"
-    text = repr(value)
-    return text if len(text) <= limit + 2 else f"{text[:limit]}…"
-
-
 def _check_seconds(name: str, value: object, meaning: str) -> None:
     """A timeout argument: None or a finite number of seconds >= 0 (NaN, inf and negative
     numbers would silently mean "never" or "at once")."""
@@ -654,7 +647,7 @@ def _check_seconds(name: str, value: object, meaning: str) -> None:
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or not math.isfinite(value) or value < 0):
         raise InvalidArgument(f"{name} must be a finite number of seconds >= 0 ({meaning}), "
-                              f"got {_shown(value)}")
+                              f"got {shown(value)}")
 
 
 MAX_INTROSPECTED_CODE = 64 * 1024  # characters of code complete/inspect/is_complete take
@@ -676,7 +669,7 @@ def _cursor(code: str, cursor_pos: int | None) -> int:
     if (isinstance(cursor_pos, bool) or not isinstance(cursor_pos, int)
             or not 0 <= cursor_pos <= len(code)):
         raise InvalidArgument(f"cursor_pos must be an integer in 0..len(code) = 0..{len(code)}, "
-                              f"got {_shown(cursor_pos)}")
+                              f"got {shown(cursor_pos)}")
     return cursor_pos
 
 

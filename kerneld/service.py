@@ -59,9 +59,9 @@ from kerneld.errors import (
     InternalError,
     InvalidArgument,
     KernelError,
-    KernelNotFound,
     LimitExceeded,
     PermissionDenied,
+    kernel_not_found,
 )
 from kerneld.kernel import KernelEvents
 from kerneld.systemd import Tally
@@ -211,7 +211,7 @@ class Service:
         mgr = self.manager
         kernel_id = getattr(params, "kernel_id", None)
         if kernel_id is not None and mgr.owner_of(kernel_id) != principal:
-            raise KernelNotFound(f"kernel {str(kernel_id)[:64]!r} not found")
+            raise kernel_not_found(kernel_id)
         if op.name not in _SCOPED_LISTS:
             return False
         mine = {k for k in mgr.get_kernel_ids() if mgr.owner_of(k) == principal}

@@ -13,7 +13,7 @@ Dependencies run one way: values ← profile ← narrow ← lower ← report. Im
 loads neither ZeroMQ, psutil nor IPython.
 """
 
-from kerneld.permissions.lower import Lowered, lower
+from kerneld.permissions.lower import Lowered, lower, with_env
 from kerneld.permissions.narrow import narrow
 from kerneld.permissions.profile import (
     PROFILE_NAME,
@@ -41,4 +41,5 @@ __all__ = [
     "parse_profile",
     "parse_size",
     "profile_report",
+    "with_env",
 ]

@@ -159,6 +159,12 @@ def lower(profile: Profile, *, env: Mapping[str, str] | None = None,
         runtime_prefix=runtime_prefix)
 
 
+def with_env(lowered: Lowered, env: Mapping[str, str]) -> Lowered:
+    """`lowered` for a request that adds only `env` (checked as `lower` checks it): the same
+    as lowering that request again, without narrowing or parsing anything twice."""
+    return replace(lowered, env=_caller_env(env))
+
+
 def _caller_env(env: Mapping[str, str] | None) -> dict[str, str]:
     if env is None:
         return {}

@@ -5,11 +5,12 @@ before any backend is made. No process, no zygote."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
 
-from kerneld import InvalidArgument, KernelManager
+from kerneld import InvalidArgument, KernelManager, ProfileError
 from kerneld.config import ManagerConfig
 from kerneld.ops import KernelSpec
 from kerneld.protocol import KernelEvent
@@ -110,3 +111,14 @@ async def test_an_empty_request_reuses_its_profiles_lowering_until_a_reload(
     c = await manager.create_kernel()
     assert manager._get(c).lowered is not manager._get(a).lowered
     assert manager._get(c).lowered == manager._get(a).lowered
+
+
+async def test_an_env_only_request_is_the_plain_lowering_with_its_env(
+        fake: tuple[KernelManager, FakeFactory]) -> None:
+    manager, _ = fake
+    plain = manager._get(await manager.create_kernel()).lowered
+    with_env = manager._get(await manager.create_kernel(env={"A": "1"})).lowered
+    assert dict(with_env.env) == {"A": "1"} and with_env.profile is plain.profile
+    assert with_env == dataclasses.replace(plain, env={"A": "1"})
+    with pytest.raises(ProfileError, match="request:env: bad variable name"):
+        await manager.create_kernel(env={"A=B": "1"})

@@ -144,8 +144,8 @@ async def test_a_reload_drops_backends_of_an_outdated_profile() -> None:
     host.profile = "max_execution_time = 3"
     pool.configure()
     await _until(lambda: all(b.killed for b in old) and pool.states["test"].idle == 2)
-    assert pool.take("test", Launch("k", "worker", lowered("max_execution_time = 3")),
-                     Sink()) not in old
+    taken = pool.take("test", Launch("k", "worker", lowered("max_execution_time = 3")), Sink())
+    assert taken is not None and taken not in old
     await pool.close()
 
 

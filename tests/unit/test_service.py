@@ -466,6 +466,20 @@ async def test_tick_forgets_subscriptions_of_kernels_that_are_gone(
 
 # ---------------------------------------------------------------------- callers
 
+async def test_another_callers_kernel_and_no_kernel_are_refused_in_the_same_words(
+        svc: Service) -> None:
+    bob, alice = FakePeer("b", BOB), FakePeer("a", ALICE)
+    long_id = "x" * 100
+    await _create(svc, bob, id=long_id)
+    svc.handle(alice, "theirs", "get_execution_info", {"kernel_id": long_id})
+    svc.handle(alice, "none", "get_execution_info", {"kernel_id": "y" * 100})
+    _, theirs = alice.answer("theirs")
+    _, none = alice.answer("none")
+    assert isinstance(theirs, KernelNotFound) and isinstance(none, KernelNotFound)
+    assert str(theirs).replace("x", "y") == str(none)  # nothing tells that it exists
+    assert "(100 characters)" in str(none)
+
+
 async def test_a_caller_sees_only_its_own_kernels(svc: Service, mgr: KernelManager,
                                                   factory: FakeFactory) -> None:
     alice, bob, root = FakePeer("a", ALICE), FakePeer("b", BOB), FakePeer("r", ROOT)
