@@ -176,10 +176,6 @@ def _string(where: str, value: Any) -> str:
     return _CORE.string(where, value, empty=False)
 
 
-def _opt_string(where: str, value: Any) -> str | None:
-    return None if value == "" else _string(where, value)
-
-
 def _abs_path(where: str, value: Any) -> str:
     path = os.path.expanduser(_string(where, value))
     if not os.path.isabs(path):

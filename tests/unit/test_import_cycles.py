@@ -7,9 +7,11 @@ lazy only hides the cycle from the interpreter, not from the reader.
 
 Edges: `import kerneld.a.b` and `from kerneld.a.b import name` import `kerneld.a.b`;
 `from kerneld.a import x` imports `kerneld.a.x` when that is a module, else `kerneld.a` (the
-package's `__init__`); relative imports resolve against the importing module's package. The
-parent packages an import initialises on the way are not edges (every module would otherwise
-form a loop with its own package's `__init__`).
+package's `__init__`); relative imports resolve against the importing module's package.
+Importing `a.b.c` also initialises `a.b` (and `a`): that is an edge too, except to the
+importer's own ancestors (which are initialised before it anyway: every module would
+otherwise form a loop with its own package's `__init__`). A package `__init__` that
+re-exports its submodules can close a loop that way.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 Edge = tuple[str, str, str]  # importer, imported, "file:line"
 
 
-def _modules(package: str) -> dict[str, Path]:
+def _modules(package: str, root: Path = ROOT) -> dict[str, Path]:
     out = {}
-    for path in sorted((ROOT / package).rglob("*.py")):
-        parts = path.relative_to(ROOT).with_suffix("").parts
+    for path in sorted((root / package).rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
         out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return out
 
@@ -51,14 +53,22 @@ def _imports(module: str, path: Path) -> Iterator[tuple[str, int]]:
                 yield f"{base}.{alias.name}", node.lineno
 
 
-def import_graph(package: str = "kerneld") -> tuple[dict[str, Path], list[Edge]]:
-    modules = _modules(package)
+def import_graph(package: str = "kerneld", root: Path = ROOT
+                 ) -> tuple[dict[str, Path], list[Edge]]:
+    modules = _modules(package, root)
     edges = []
     for module, path in modules.items():
         for name, line in _imports(module, path):
             target = name if name in modules else name.rpartition(".")[0]
-            if target in modules:  # `import kerneld.x` or `from kerneld.x import name`
-                edges.append((module, target, f"{path.relative_to(ROOT)}:{line}"))
+            if target not in modules:  # not `import kerneld.x` nor `from kerneld.x import name`
+                continue
+            at = f"{path.relative_to(root)}:{line}"
+            edges.append((module, target, at))
+            parts = target.split(".")
+            for n in range(1, len(parts)):  # the packages initialised on the way
+                parent = ".".join(parts[:n])
+                if parent in modules and not (module + ".").startswith(parent + "."):
+                    edges.append((module, parent, at))
     return modules, edges
 
 
@@ -120,9 +130,9 @@ def _one_cycle(start: str, component: set[str], where: dict[tuple[str, str], str
     raise AssertionError(f"no loop through {start}")
 
 
-def cycles(package: str = "kerneld") -> list[list[str]]:
+def cycles(package: str = "kerneld", root: Path = ROOT) -> list[list[str]]:
     """Each loop as its edges; every module caught in a cycle is on at least one loop."""
-    modules, edges = import_graph(package)
+    modules, edges = import_graph(package, root)
     succ: dict[str, list[str]] = {m: [] for m in modules}
     where: dict[tuple[str, str], str] = {}
     for a, b, at in edges:
@@ -152,6 +162,22 @@ def test_the_graph_sees_every_kind_of_import() -> None:
     sandbox_modules, sandbox_edges = import_graph("sandbox")
     assert ("sandbox", "sandbox.apply") in {(a, b) for a, b, _ in sandbox_edges}  # `from .`
     assert "sandbox.policy" in sandbox_modules
+
+
+def test_the_finder_reports_direct_loops_and_loops_through_a_package_init(
+        tmp_path: Path) -> None:
+    """Positive control: a package with a plain a <-> b loop, and d -> sub.y where sub's
+    `__init__` imports sub.x, which imports d (the interpreter fails on that one too)."""
+    files = {"__init__.py": "", "a.py": "from pkg import b\n", "b.py": "import pkg.a\n",
+             "c.py": "", "d.py": "import pkg.sub.y\n", "sub/__init__.py": "from pkg.sub import x\n",
+             "sub/x.py": "from pkg import d\n", "sub/y.py": "from pkg import c\n"}
+    for name, text in files.items():
+        (tmp_path / "pkg" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pkg" / name).write_text(text)
+    loops = [{hop.split(" -> ")[0] for hop in loop} for loop in cycles("pkg", tmp_path)]
+    assert {"pkg.a", "pkg.b"} in loops
+    assert any({"pkg.d", "pkg.sub", "pkg.sub.x"} <= loop for loop in loops), loops
+    assert not any("pkg.c" in loop or "pkg.sub.y" in loop for loop in loops)
 
 
 def test_no_import_cycle_inside_kerneld() -> None:

@@ -18,6 +18,9 @@ production. Hence, for every module of the package, read statically:
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 RUNTIME = Path(__file__).resolve().parents[2] / "kerneld" / "runtime"
@@ -108,3 +111,18 @@ def test_the_zygote_loads_every_runtime_module() -> None:
             seen.add(nxt)
             todo.append(nxt)
     assert set(modules) - {"__init__"} <= seen, set(modules) - seen
+
+
+def test_a_fresh_interpreter_importing_the_zygote_loads_only_these_parts_of_kerneld() -> None:
+    """The real import, run in the runtime interpreter (what the static checks stand for):
+    the zygote loads every runtime module and, of the rest of kerneld, only the wire records
+    (and the package's lazy `__init__`, which imports nothing itself)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import kerneld.runtime.zygote; "
+            "print('\\n'.join(sorted(m for m in sys.modules if m.split('.')[0] == 'kerneld')))")
+    runtime = "/opt/kerneld/runtime/bin/python"
+    out = subprocess.run([runtime if os.path.exists(runtime) else sys.executable, "-I", "-c",
+                          code, str(RUNTIME.parents[1])],
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    runtime_modules = {f"kerneld.runtime.{m}" for m in _modules()} - {"kerneld.runtime.__init__"}
+    assert runtime_modules | {"kerneld.runtime"} <= set(out)
+    assert set(out) - runtime_modules - {"kerneld.runtime"} == {"kerneld", "kerneld.protocol"}
