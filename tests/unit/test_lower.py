@@ -31,22 +31,21 @@ def pinned(path: Path) -> HostDir:
     return HostDir(str(path), st.st_dev, st.st_ino, st.st_uid, st.st_gid)
 
 
-def test_the_pinned_mount_is_what_the_old_two_paths_gave(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The old path parsed the request twice: once to open the root, then again (the root
-    swapped for the checked path) to build the policy, whose mount it then pinned."""
+def test_the_mount_is_the_pinned_directory_never_the_requests_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request names a path (here a symlink); the policy mounts the directory that was
+    opened and checked (`HostDir`: its path and inode), never the request's path again."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
     monkeypatch.chdir(tmp_path)
-    p = profile('net = ["pypi.org:443"]')
-    request = {"root": ".", "read_only": True, "mount_point": "/work"}
-    hd = pinned(tmp_path)
-    once = lower(p, env={"A": "1"}, filesystem=request)
-    new = once.policy(uid=7, gid=7, host_dir=hd)
-    old = lower(p, env={"A": "1"},
-                filesystem={**request, "root": hd.path}).policy(uid=7, gid=7)
-    old = dataclasses.replace(old, mounts=(
-        dataclasses.replace(old.mounts[0], identity=(hd.dev, hd.ino)),))
-    assert new == old
-    assert new.mounts == (Mount(str(tmp_path), "/work", True, identity=(hd.dev, hd.ino)),)
+    once = lower(profile('net = ["pypi.org:443"]'), env={"A": "1"},
+                 filesystem={"root": "link", "read_only": True, "mount_point": "/work"})
+    hd = pinned(real)
+    policy = once.policy(uid=7, gid=7, host_dir=hd)
+    assert once.filesystem.root != hd.path  # what the request said is not what is mounted
+    assert policy.mounts == (Mount(str(real), "/work", True, identity=(hd.dev, hd.ino)),)
+    assert dict(policy.env)["A"] == "1" and dict(policy.env)["HOME"] == "/work"
     assert once.root_from_request and once.filesystem.enabled
 
 
