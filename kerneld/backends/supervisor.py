@@ -226,7 +226,9 @@ class ZygoteClient:
         self.python, self.preload = python, preload
         self.on_message, self.on_exit = on_message, on_exit
         self.proc: asyncio.subprocess.Process | None = None
-        self._pending: dict[int, asyncio.Future[p.Forked]] = {}
+        # req_id -> (the fork's future, what to call with its Forked before anything else runs)
+        self._pending: dict[int, tuple[asyncio.Future[p.Forked],
+                                       Callable[[p.Forked], None] | None]] = {}
         self._next_id = 0
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -290,13 +292,19 @@ class ZygoteClient:
         log.info("zygote started pid=%s python=%s preload=%s", self.proc.pid, self.python,
                  ",".join(self.preload))
 
-    async def fork(self, **fields: Any) -> p.Forked:
+    async def fork(self, *, on_forked: Callable[[p.Forked], None] | None = None,
+                   **fields: Any) -> p.Forked:
+        """Fork a worker. `on_forked` is called with its `Forked` as soon as it is read, before
+        the zygote's next message is dispatched: the zygote can report the new process's
+        `BootFailed` or `Exited` in the same read, and a pid must be routed (`track_pid`) by
+        then, or its death would be dropped and the start would wait for a Hello that never
+        comes."""
         await self.ensure_started()
         assert self.proc is not None and self.proc.stdin is not None
         self._next_id += 1
         req_id = self._next_id
         future: asyncio.Future[p.Forked] = asyncio.get_running_loop().create_future()
-        self._pending[req_id] = future
+        self._pending[req_id] = (future, on_forked)
         self.proc.stdin.write(p.frame(p.encode(p.ForkRequest(req_id=req_id, **fields))))
         try:
             return await asyncio.wait_for(future, timeout=30)
@@ -323,11 +331,13 @@ class ZygoteClient:
             log.error("malformed message from zygote error=%s", exc)
             return
         if isinstance(msg, p.Forked):
-            future = self._pending.get(msg.req_id)
+            future, on_forked = self._pending.get(msg.req_id, (None, None))
             if future is not None and not future.done():
                 if msg.error:
                     future.set_exception(KernelStartError(msg.error))
                 else:
+                    if on_forked is not None:
+                        on_forked(msg)
                     future.set_result(msg)
         else:
             self.on_message(msg)
@@ -339,7 +349,7 @@ class ZygoteClient:
             self._reader = None
         if not self._closing:
             self.deaths += 1  # before the pending forks hear of it (the pool counts deaths)
-        for future in self._pending.values():
+        for future, _ in self._pending.values():
             if not future.done():
                 future.set_exception(KernelStartError(f"the zygote exited (code {code})"))
         if not self._closing:

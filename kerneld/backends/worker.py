@@ -123,16 +123,12 @@ class WorkerBackend:
         sup.hub.register(self.token, self._before_hello)
         self._forking = loop.create_future()
         try:
-            forked = await sup.zygote.fork(
+            await sup.zygote.fork(
+                on_forked=self._on_forked,
                 kernel_id=self.launch.kernel_id, token=self.token,
                 endpoint=f"ipc://{WORKER_SOCKET}" if self.confine else sup.hub.endpoint,
                 confine=self.confine, policy=dataclasses.replace(policy, env=()),
                 cwd=policy.mounts[0].source if (policy.mounts and not self.confine) else None)
-            self.pid, self.init_pid = forked.pid, forked.init_pid
-            self._worker_pid = forked.pid
-            sup.track_pid(self.pid, self._on_zygote_message)
-            if self.init_pid is not None:
-                sup.track_pid(self.init_pid, self._on_zygote_message)
         finally:
             _resolve(self._forking)
         self._check_killed()
@@ -140,6 +136,14 @@ class WorkerBackend:
         self._check_killed()
         # from now on the hub hands the worker's messages straight to the host (the hot path)
         sup.hub.register(self.token, self.host.on_message)
+
+    def _on_forked(self, forked: p.Forked) -> None:
+        """Route the zygote's reports on the new processes here, before it can send one."""
+        self.pid, self.init_pid = forked.pid, forked.init_pid
+        self._worker_pid = forked.pid
+        self.supervisor.track_pid(forked.pid, self._on_zygote_message)
+        if forked.init_pid is not None:
+            self.supervisor.track_pid(forked.init_pid, self._on_zygote_message)
 
     def _check_killed(self) -> None:
         if self._killed:

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from kerneld.backends.supervisor import _kill
+from kerneld import protocol as p
+from kerneld.backends.supervisor import ZygoteClient, _kill
 from tests._proc import process_state
 
 
@@ -51,3 +52,36 @@ async def test_kill_stops_a_running_zygote():
     _kill(proc)
     assert await asyncio.wait_for(proc.wait(), 10) == -9
     _kill(proc)  # exited and reaped: returncode known, so no signal (the pid may be reused)
+
+
+async def test_an_exit_read_with_its_fork_reaches_the_forks_owner(monkeypatch):
+    """The zygote can report a worker's `Forked` and, in the same read, its `Exited` (a worker
+    that failed its mount check dies at once). The owner must be routed the pid before the
+    `Exited` is dispatched; when routing waited for the fork's awaiter to resume, the exit was
+    dropped and the create waited 30 s for a Hello (a CI failure of the symlink-race attack)."""
+    routes: dict[int, list] = {}
+    client = ZygoteClient("python3", [], on_message=lambda m: routes.get(m.pid, []).append(m),
+                          on_exit=lambda: None)
+
+    class Stdin:
+        def write(self, data: bytes) -> None:
+            pass
+
+    class Proc:
+        stdin = Stdin()
+
+    async def started() -> None:
+        pass
+
+    client.proc = Proc()  # type: ignore[assignment]
+    monkeypatch.setattr(client, "ensure_started", started)
+    fork = asyncio.create_task(client.fork(
+        on_forked=lambda f: routes.setdefault(f.pid, []),
+        kernel_id="k", token=b"t", endpoint="ipc://x", confine=False, policy=None))
+    await asyncio.sleep(0)  # the request is pending
+    chunk = bytearray(p.frame(p.encode(p.Forked(req_id=1, pid=77)))
+                      + p.frame(p.encode(p.Exited(77, 1, None))))
+    for payload in p.unframe(chunk):  # as `_read` does: one chunk, no await in between
+        client._dispatch(payload)
+    assert routes[77] == [p.Exited(77, 1, None)]
+    assert (await fork).pid == 77
