@@ -29,7 +29,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.kerneld-stamp 2>/dev/null)" != "
     log "building the daemon environment in .venv/"
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e ".[dev]"
+    .venv/bin/pip install -q -e ".[dev,hypha]"
     echo "$venv_stamp" > .venv/.kerneld-stamp
 fi
 
