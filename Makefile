@@ -16,7 +16,7 @@ run: setup
 test: setup test-envs
 	.venv/bin/python -m pytest -q
 
-bench: setup
+bench: setup test-envs
 	.venv/bin/kerneld bench --quick
 
 lint:

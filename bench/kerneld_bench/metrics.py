@@ -40,6 +40,11 @@ METRICS = (
     Metric("idle_pss_mib", "MiB", False),
     Metric("max_idle_kernels", "kernels", True, (("p50", ">=", 500),), peer=False),
     Metric("sandbox_overhead_pct", "%", False, (("p50", "<=", 5),), peer=False),
+    # the agent session (kerneld_bench.agent): kerneld without / with a pool against ipykernel
+    # driven bench-style, and kerneld with a pool against ipykernel used stock
+    Metric("agent_session_ms", "ms", False, (("ratio", ">=", 4),)),
+    Metric("agent_session_pool_ms", "ms", False, (("ratio", ">=", 4),)),
+    Metric("agent_session_stock_ms", "ms", False, (("ratio", ">=", 6),)),
 )
 
 
@@ -59,12 +64,14 @@ class Counts:
     syscall_iters: int       # iterations of the syscall loop (7 syscalls each) per round
     overhead_rounds: int     # alternating confined / in-process rounds (short, many: robust)
     extrapolate: bool        # max_idle_kernels from measured memory instead of a real count
+    agent_sessions: int = 3  # agent sessions per side (kerneld_bench.agent)
 
 
 MODES = {
-    "smoke": Counts(3, 1, 3, 1, 20, 1, 0.2, 2, 2, 1, 3, 2000, 1, True),
+    "smoke": Counts(3, 1, 3, 1, 20, 1, 0.2, 2, 2, 1, 3, 2000, 1, True, agent_sessions=1),
     "quick": Counts(15, 5, 20, 4, 300, 3, 0.5, 8, 7, 3, 100, 8000, 12, True),
-    "full": Counts(60, 20, 100, 8, 2000, 8, 2.0, 8, 7, 10, 500, 10000, 40, False),
+    "full": Counts(60, 20, 100, 8, 2000, 8, 2.0, 8, 7, 10, 500, 10000, 40, False,
+                   agent_sessions=10),
 }
 
 # --------------------------------------------------------------------------- statistics

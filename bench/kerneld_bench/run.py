@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from kerneld_bench import agent
 from kerneld_bench.metrics import MB, MEMORY_BUDGET, METRICS, Counts, MiB
 from kerneld_bench.procs import ProcTable, Reaper, RssSampler, maybe, tree_memory
 from kerneld_bench.sides import (
@@ -51,6 +52,9 @@ class Bench:
                                         "counts": counts.__dict__, "workdir": workdir,
                                         "notes": {}, "errors": {}}
         self.kd: KerneldSide | None = None
+        self.checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+            __file__))))
+        self.peer_ready = False  # the agent session's ipykernel peer is registered
         self.kids: list[str] = []
         self.ipy: list[IpyKernel] = []
 
@@ -85,6 +89,7 @@ class Bench:
             await self.phase("stream", self.stream)
             await self.phase("sandbox_overhead", self.sandbox_overhead)
             await self.phase("idle_kernels", self.idle_kernels)
+            await self.phase("agent_session", self.agent_session)
         finally:
             await bounded(asyncio.gather(*(k.close() for k in self.ipy), return_exceptions=True))
             self.ipy = []
@@ -381,6 +386,47 @@ class Bench:
         self.say(f"  held {len(held)}, answered {answered}, {per_uss:.2f} MiB USS each, "
                  f"{per_sys:.2f} MiB system each → {info['value_is'].split(':')[0]} {value}")
 
+    # -- the agent session (kerneld_bench.agent) -------------------------------------------------
+
+    async def agent_session(self) -> None:
+        """kerneld (no pool) against ipykernel bench-style and stock, alternating; the pooled
+        kerneld side runs in `create_pool`, where the pool's daemon is up."""
+        assert self.kd is not None
+        python = agent.peer_python(self.checkout)
+        if python is None:
+            raise RuntimeError("the agent session's ipykernel peer needs .venv-clients with "
+                               "pandas and matplotlib (`make test-envs` builds it)")
+        agent.register_peer(self.workdir, python)
+        self.peer_ready = True
+        await agent.kerneld_session(self.kd.client)                          # warm-up
+        await agent.ipykernel_bench_session(self.reaper, self.workdir)
+        for _ in range(self.c.agent_sessions):
+            self.add("agent_session_ms", "kerneld", await agent.kerneld_session(self.kd.client))
+            ms = await agent.ipykernel_bench_session(self.reaper, self.workdir)
+            self.add("agent_session_ms", "ipykernel", ms)
+            self.add("agent_session_pool_ms", "ipykernel", ms)
+            self.add("agent_session_stock_ms", "ipykernel",
+                     await agent.ipykernel_stock_session(self.reaper))
+        self.note("agent_session_ms", "create a kernel, run the five cells of "
+                  "kerneld_bench.agent.AGENT_CELLS (imports; a 10^5-row frame; groupby "
+                  "statistics; a plot saved as PNG; a printed summary), destroy it; kerneld "
+                  "through the daemon, no pool; ipykernel (pandas and matplotlib from "
+                  ".venv-clients) driven bench-style")
+        self.note("agent_session_stock_ms", "kerneld: as agent_session_pool_ms; ipykernel: "
+                  "jupyter_client stock (start_kernel, wait_for_ready, execute_interactive per "
+                  "cell, shutdown_kernel)")
+
+    async def _agent_pooled(self, side: KerneldSide) -> None:
+        if not self.peer_ready:
+            return  # no peer: agent_session has said why
+        for _ in range(self.c.agent_sessions):
+            await side.wait_pool()
+            ms = await agent.kerneld_session(side.client)
+            self.add("agent_session_pool_ms", "kerneld", ms)
+            self.add("agent_session_stock_ms", "kerneld", ms)
+        self.note("agent_session_pool_ms", "as agent_session_ms, kerneld from a daemon with a "
+                  "warm pool (refilled before each session)")
+
     # -- create from the warm pool (a second daemon) -------------------------------------------
 
     async def create_pool(self) -> None:
@@ -405,6 +451,7 @@ class Bench:
             for _ in range(self.c.pool):
                 self.add("create_pool_ms", "kerneld", await sample())
             self.details["pool_stats"] = await maybe(client.get_pool_stats())
+            await self._agent_pooled(side)
         finally:
             await bounded(side.close())
         self.note("create_pool_ms", f"as create_cold_ms from a daemon with [pool] size = "

@@ -219,8 +219,8 @@ class IpyKernelDied(RuntimeError):
 class IpyKernel:
     """One ipykernel 7 kernel started by jupyter_client 8 and driven with our own loop."""
 
-    def __init__(self, reaper: Reaper, workdir: str) -> None:
-        self.reaper, self.workdir = reaper, workdir
+    def __init__(self, reaper: Reaper, workdir: str, kernel_name: str = "python3") -> None:
+        self.reaper, self.workdir, self.kernel_name = reaper, workdir, kernel_name
         self.km: Any = None
         self.kc: Any = None
         self.pid: int | None = None
@@ -238,7 +238,7 @@ class IpyKernel:
         self.ctx = ctx
         t0 = time.perf_counter()
         self.km = AsyncKernelManager(
-            kernel_name="python3", context=ctx,
+            kernel_name=self.kernel_name, context=ctx,
             connection_file=os.path.join(self.workdir, f"ipy-{uuid.uuid4().hex}.json"))
         await self.km.start_kernel(stdout=self.log, stderr=self.log)
         self.pid = self.km.provisioner.process.pid
@@ -316,13 +316,13 @@ class IpyKernel:
         self.log.close()
 
 
-async def start_ipykernel(reaper: Reaper, workdir: str,
-                          attempts: int = 3) -> tuple[IpyKernel, float]:
+async def start_ipykernel(reaper: Reaper, workdir: str, attempts: int = 3,
+                          kernel_name: str = "python3") -> tuple[IpyKernel, float]:
     """A started ipykernel and its ms to the first result; a kernel whose process died
     before answering (`IpyKernelDied`) is replaced, up to `attempts` in all, and the
     failed attempt's time is not counted."""
     for attempt in range(1, attempts + 1):
-        k = IpyKernel(reaper, workdir)
+        k = IpyKernel(reaper, workdir, kernel_name)
         try:
             return k, await k.start()
         except IpyKernelDied as e:
