@@ -10,6 +10,8 @@
     kerneld interrupt ID | restart ID
     kerneld status [--json]
     kerneld profile check FILE|NAME [--config FILE]
+    kerneld jupyter install|uninstall [--user|--sys-prefix|--prefix P] [--profile NAME ...]
+    kerneld hypha --server-url URL --workspace WS --token T [--service-id ID] [--client-id ID]
     kerneld version | bench [ARGS...]
 
 KERNEL OPTIONS (`kerneld._cli_options`): --profile, --env, --mount DIR[:POINT][:ro],
@@ -326,6 +328,29 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jupyter(args: argparse.Namespace) -> int:
+    """`kerneld jupyter install|uninstall`: kernelspecs that run kerneld kernels (one per
+    profile; docs/jupyter.md). Writes the files itself: no jupyter_client needed here."""
+    from kerneld.jupyter import kernelspec
+    where = {"user": args.user, "sys_prefix": args.sys_prefix, "prefix": args.prefix}
+    if args.jupyter_command == "install":
+        for path in kernelspec.install(args.profiles, address=args.address, **where):
+            print(f"installed {path.name} in {path}")
+    else:
+        removed = kernelspec.uninstall(args.profiles, **where)
+        for path in removed:
+            print(f"removed {path.name} from {path}")
+        if not removed:
+            print(f"no kerneld kernelspec in {kernelspec.kernels_dir(**where)}")
+    return 0
+
+
+def cmd_hypha(args: argparse.Namespace) -> int:
+    """`kerneld hypha`: attach the daemon to a Hypha server (kerneld/hypha/attach.py)."""
+    from kerneld.hypha.attach import main as attach
+    return attach(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     # the harness is bench/kerneld_bench/ of the source checkout, next to this package
     bench_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -434,6 +459,29 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="FILE",
                        help="check locally with this daemon config's profile dirs (default: "
                             "ask the daemon if one answers, else $KERNELD_CONFIG)")
+    p = add("jupyter", cmd_jupyter, "Jupyter kernelspecs for kerneld kernels (one per profile)")
+    jsub = p.add_subparsers(dest="jupyter_command", metavar="install|uninstall", required=True)
+    for name, what in (("install", "write"), ("uninstall", "remove")):
+        j = jsub.add_parser(name, parents=[common], help=f"{what} kerneld-<profile> kernelspecs")
+        where = j.add_mutually_exclusive_group()
+        where.add_argument("--user", action="store_true", help="in the user's Jupyter dir")
+        where.add_argument("--sys-prefix", action="store_true",
+                           help="in this Python environment (sys.prefix/share/jupyter)")
+        where.add_argument("--prefix", metavar="P", help="in P/share/jupyter")
+        j.add_argument("--profile", dest="profiles", action="append", metavar="NAME",
+                       help="a profile (repeatable; default for install: default, "
+                            "data-science, networked; for uninstall: every kerneld one)")
+    p = add("hypha", cmd_hypha, "attach the daemon to a Hypha server as one instance of a "
+                                "shared service (docs/hypha.md; needs kerneld[hypha])")
+    p.add_argument("--config", metavar="FILE", help="TOML config with a [hypha] table "
+                   "(default: $KERNELD_CONFIG)")
+    for flag, meta, what in (("--server-url", "URL", "the Hypha server"),
+                             ("--workspace", "WS", "the fleet's workspace"),
+                             ("--token", "T", "a read_write token of that workspace"),
+                             ("--token-file", "FILE", "a file holding the token"),
+                             ("--service-id", "ID", "the shared service id (default kerneld)"),
+                             ("--client-id", "ID", "this host's unique client id")):
+        p.add_argument(flag, metavar=meta, help=what)
     add("version", cmd_version, "print the version")
     p = add("bench", cmd_bench, "benchmarks against ipykernel (see bench/); arguments after "
                                 "`bench` go to the harness (`kerneld bench --help`)")

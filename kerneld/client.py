@@ -344,19 +344,41 @@ class AsyncClient:
         return list(await self._request("list_kernels", _given(namespace=namespace)))
 
     async def execute(self, kernel_id: str, code: str, *, allow_stdin: bool = False,
-                      silent: bool = False, store_history: bool = True) -> p.ExecutionResult:
+                      silent: bool = False, store_history: bool = True,
+                      user_expressions: dict[str, str] | None = None) -> p.ExecutionResult:
         args: dict[str, Any] = {"kernel_id": kernel_id, "code": code}
         if allow_stdin or silent or not store_history:
             args.update(allow_stdin=allow_stdin, silent=silent, store_history=store_history)
+        if user_expressions:
+            args["user_expressions"] = user_expressions
         value = await self._request("execute", args)
         return msgspec.convert(value, p.ExecutionResult)
 
     def execute_stream(self, kernel_id: str, code: str, *, allow_stdin: bool = False,
-                       silent: bool = False, store_history: bool = True
+                       silent: bool = False, store_history: bool = True,
+                       user_expressions: dict[str, str] | None = None
                        ) -> RemoteExecutionStream:
-        args = {"kernel_id": kernel_id, "code": code, "allow_stdin": allow_stdin,
-                "silent": silent, "store_history": store_history}
+        args: dict[str, Any] = {"kernel_id": kernel_id, "code": code,
+                                "allow_stdin": allow_stdin, "silent": silent,
+                                "store_history": store_history}
+        if user_expressions:
+            args["user_expressions"] = user_expressions
         return RemoteExecutionStream(self, args)
+
+    def send_comm(self, kernel_id: str, msg_type: str, content: dict[str, Any],
+                  metadata: dict[str, Any] | None = None,
+                  buffers: list[bytes] | None = None) -> RemoteExecutionStream:
+        """A front end's comm message to the kernel's CommManager, as the manager's
+        `send_comm`: a stream of what its handler emitted, then the result. Buffers may be
+        bytes, bytearrays or memoryviews (sent as bytes)."""
+        args: dict[str, Any] = {"kernel_id": kernel_id, "msg_type": msg_type,
+                                "content": content}
+        if metadata is not None:
+            args["metadata"] = metadata
+        if buffers is not None:
+            args["buffers"] = [bytes(b) if isinstance(b, bytearray | memoryview) else b
+                               for b in buffers]
+        return RemoteExecutionStream(self, args, op="send_comm")
 
     async def on_kernel_event(self, kernel_id: str, event_type: Any, callback: Listener) -> None:
         """Subscribe: `callback(event)` runs on this client's loop for each matching event
@@ -436,6 +458,20 @@ class AsyncClient:
     async def is_complete(self, kernel_id: str, code: str) -> dict[str, Any]:
         return dict(await self._request("is_complete", {"kernel_id": kernel_id, "code": code}))
 
+    async def history(self, kernel_id: str, hist_access_type: str = "tail",
+                      output: bool = False, raw: bool = True, session: int = 0,
+                      start: int = 0, stop: int | None = None, n: int | None = None,
+                      pattern: str | None = None, unique: bool = False) -> dict[str, Any]:
+        args = _given(kernel_id=kernel_id, hist_access_type=hist_access_type, stop=stop, n=n,
+                      pattern=pattern)
+        args.update(output=output, raw=raw, session=session, start=start, unique=unique)
+        return dict(await self._request("history", args))
+
+    async def comm_info(self, kernel_id: str, target_name: str | None = None
+                        ) -> dict[str, Any]:
+        return dict(await self._request("comm_info", _given(kernel_id=kernel_id,
+                                                            target_name=target_name)))
+
     async def get_pool_stats(self) -> dict[str, Any]:
         return dict(await self._request("get_pool_stats", {}))
 
@@ -494,8 +530,9 @@ class RemoteExecutionStream:
     """Async iterator over one execution's events; `result` is set once it ends (its
     `outputs` are the events received)."""
 
-    def __init__(self, client: AsyncClient, args: dict[str, Any]) -> None:
-        self._client, self._args = client, args
+    def __init__(self, client: AsyncClient, args: dict[str, Any],
+                 op: str = "execute_stream") -> None:
+        self._client, self._args, self._op = client, args, op
         self.kernel_id: str = args["kernel_id"]
         self.execution_id: str | None = None
         self.result: p.ExecutionResult | None = None
@@ -508,7 +545,7 @@ class RemoteExecutionStream:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[p.KernelEvent]:
-        rid, queue = await self._client._open_stream("execute_stream", self._args)
+        rid, queue = await self._client._open_stream(self._op, self._args)
         outputs: list[p.KernelEvent] = []
         try:
             while True:
@@ -648,6 +685,8 @@ class Client:
     complete = _sync(AsyncClient.complete)
     inspect = _sync(AsyncClient.inspect)
     is_complete = _sync(AsyncClient.is_complete)
+    history = _sync(AsyncClient.history)
+    comm_info = _sync(AsyncClient.comm_info)
     get_pool_stats = _sync(AsyncClient.get_pool_stats)
     check_profile = _sync(AsyncClient.check_profile)
     status = _sync(AsyncClient.status)
@@ -658,10 +697,17 @@ class Client:
         return RemoteKernel(self, kernel_id, handle.info)
 
     def execute_stream(self, kernel_id: str, code: str, *, allow_stdin: bool = False,
-                       silent: bool = False, store_history: bool = True) -> SyncExecutionStream:
+                       silent: bool = False, store_history: bool = True,
+                       user_expressions: dict[str, str] | None = None) -> SyncExecutionStream:
         return SyncExecutionStream(self, self._async.execute_stream(
             kernel_id, code, allow_stdin=allow_stdin, silent=silent,
-            store_history=store_history))
+            store_history=store_history, user_expressions=user_expressions))
+
+    def send_comm(self, kernel_id: str, msg_type: str, content: dict[str, Any],
+                  metadata: dict[str, Any] | None = None,
+                  buffers: list[bytes] | None = None) -> SyncExecutionStream:
+        return SyncExecutionStream(self, self._async.send_comm(
+            kernel_id, msg_type, content, metadata=metadata, buffers=buffers))
 
     def close(self) -> None:
         if self._loop.is_closed():

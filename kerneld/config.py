@@ -125,6 +125,43 @@ def _daemon_manager_defaults() -> ManagerConfig:
 
 
 @dataclass(frozen=True)
+class HyphaConfig:
+    """`[hypha]`: how `kerneld hypha` attaches this host's daemon to a Hypha server as one
+    instance of a shared service (docs/hypha.md). The daemon itself ignores the table; the
+    attach process reads the same file, so one file configures a host.
+
+    server_url / workspace / token (or token_file, preferred: the file can be 0600 while the
+    config is world-readable): where to register; None until set (`kerneld hypha` refuses to
+    start without them). service_id: the id every host registers (default "kerneld");
+    client_id: this host's unique Hypha client id (None: kerneld-<hostname>-<pid>).
+    visibility: "public" (any workspace may call) or "protected" (only `authorized_workspaces`).
+    profiles: the profiles Hypha callers may name. Per workspace and host:
+    max_kernels_per_workspace, max_executions_per_workspace (running or queued).
+    inactivity_timeout: seconds, for kernels created through Hypha that ask for none (the seed's
+    10 minutes); max_inactivity_timeout caps what a caller may ask for.
+    results_ttl / max_results_per_workspace: how long and how many executeCode results are kept.
+    stream_idle_timeout: a stream whose caller stops reading for this long is closed.
+    """
+
+    server_url: str | None = None
+    workspace: str | None = None
+    token: str | None = None
+    token_file: str | None = None
+    service_id: str = "kerneld"
+    client_id: str | None = None
+    visibility: str = "public"
+    authorized_workspaces: tuple[str, ...] = ()
+    profiles: tuple[str, ...] = ("default",)
+    max_kernels_per_workspace: int = 16
+    max_executions_per_workspace: int = 32
+    inactivity_timeout: float = 600.0
+    max_inactivity_timeout: float = 86400.0
+    results_ttl: float = 600.0
+    max_results_per_workspace: int = 100
+    stream_idle_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """Settings of `kerneld serve` (docs/configuration.md lists every key).
 
@@ -140,6 +177,7 @@ class DaemonConfig:
     access: `[access] profiles`, which callers may use which profiles (`kerneld.access`).
     manager: the `ManagerConfig` of the daemon's KernelManager ([runtime], [profiles],
     [kernels], [pool]).
+    hypha: `[hypha]`, read only by `kerneld hypha` (the attach process).
     source: the file this was loaded from, if any.
     """
 
@@ -154,6 +192,7 @@ class DaemonConfig:
     max_queued_executions_per_client: int = 10_000
     access: ProfileAccess = field(default_factory=ProfileAccess)
     manager: ManagerConfig = field(default_factory=_daemon_manager_defaults)
+    hypha: HyphaConfig = field(default_factory=HyphaConfig)
     source: str | None = None
 
     @property
@@ -312,6 +351,42 @@ def _client_key(where: str, value: Any) -> str:
     return path
 
 
+def _opt_string(where: str, value: Any) -> str | None:
+    return None if value == "" else _string(where, value)
+
+
+def _url(where: str, value: Any) -> str | None:
+    if value == "":
+        return None
+    text = _string(where, value)
+    if not re.match(r"^(https?|wss?)://[^\s/]+", text):
+        raise _fail(where, f"expected an http(s):// or ws(s):// server URL, got {value!r}")
+    return text
+
+
+def _hypha_id(where: str, value: Any) -> str:
+    text = _string(where, value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", text):
+        raise _fail(where, f"expected an id of letters, digits, '_', '.', '-', got {value!r}")
+    return text
+
+
+def _opt_hypha_id(where: str, value: Any) -> str | None:
+    return None if value == "" else _hypha_id(where, value)
+
+
+def _visibility(where: str, value: Any) -> str:
+    if value not in ("public", "protected"):
+        raise _fail(where, f"expected \"public\" or \"protected\", got {value!r}")
+    return str(value)
+
+
+def _seconds_min(minimum: float) -> Parser:
+    def parse(where: str, value: Any) -> float:
+        return float(_number(where, value, minimum=minimum))
+    return parse
+
+
 def _access(where: str, value: Any) -> ProfileAccess:
     if not isinstance(value, dict):
         raise _fail(where, f"expected a table of profile = [principals], got {value!r}")
@@ -325,7 +400,7 @@ def _access(where: str, value: Any) -> ProfileAccess:
 
 @dataclass(frozen=True)
 class _Key:
-    target: str      # "daemon" (DaemonConfig field) or "manager" (ManagerConfig field)
+    target: str      # "daemon" (DaemonConfig), "manager" (ManagerConfig), "hypha" (HyphaConfig)
     field: str
     parse: Parser
     env: str         # how an environment string is read: str, int, float, bool, list, range
@@ -377,6 +452,27 @@ _KEYS: dict[str, dict[str, _Key]] = {
     "pool": {
         "size": _Key("manager", "pool_size", _int(0), "int"),
         "profiles": _Key("manager", "pool_profiles", _list(_profile), "list"),
+    },
+    "hypha": {  # `kerneld hypha` only (HyphaConfig; docs/hypha.md)
+        "server_url": _Key("hypha", "server_url", _url, "str"),
+        "workspace": _Key("hypha", "workspace", _opt_hypha_id, "str"),
+        "token": _Key("hypha", "token", _opt_string, "str"),
+        "token_file": _Key("hypha", "token_file", _opt_path, "str"),
+        "service_id": _Key("hypha", "service_id", _hypha_id, "str"),
+        "client_id": _Key("hypha", "client_id", _opt_hypha_id, "str"),
+        "visibility": _Key("hypha", "visibility", _visibility, "str"),
+        "authorized_workspaces": _Key("hypha", "authorized_workspaces", _list(_hypha_id),
+                                      "list"),
+        "profiles": _Key("hypha", "profiles", _list(_profile), "list"),
+        "max_kernels_per_workspace": _Key("hypha", "max_kernels_per_workspace", _int(1), "int"),
+        "max_executions_per_workspace": _Key("hypha", "max_executions_per_workspace", _int(1),
+                                             "int"),
+        "inactivity_timeout": _Key("hypha", "inactivity_timeout", _seconds_min(1.0), "float"),
+        "max_inactivity_timeout": _Key("hypha", "max_inactivity_timeout", _seconds_min(1.0),
+                                       "float"),
+        "results_ttl": _Key("hypha", "results_ttl", _seconds_min(1.0), "float"),
+        "max_results_per_workspace": _Key("hypha", "max_results_per_workspace", _int(1), "int"),
+        "stream_idle_timeout": _Key("hypha", "stream_idle_timeout", _seconds_min(0.1), "float"),
     },
 }
 
@@ -470,13 +566,13 @@ def _as_read(where: str, value: Any) -> Any:
 
 
 def _build(values: dict[str, Any], where_of: dict[str, str], source: str | None) -> DaemonConfig:
-    daemon: dict[str, Any] = {}
-    manager: dict[str, Any] = {}
+    fields: dict[str, dict[str, Any]] = {"daemon": {}, "manager": {}, "hypha": {}}
     for name, value in values.items():
         spec = _KEYS_FLAT[name]
-        (daemon if spec.target == "daemon" else manager)[spec.field] = value
+        fields[spec.target][spec.field] = value
     base = _daemon_manager_defaults()
-    config = DaemonConfig(**daemon, manager=replace(base, **manager), source=source)
+    config = DaemonConfig(**fields["daemon"], manager=replace(base, **fields["manager"]),
+                          hypha=HyphaConfig(**fields["hypha"]), source=source)
     _check(config, where_of)
     return config
 

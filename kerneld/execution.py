@@ -14,17 +14,23 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from kerneld.protocol import ExecutionResult, KernelEvent
+from kerneld.protocol import CommRequest, ExecutionResult, KernelEvent
 
 
 class Execution:
     """One queued or running execution (manager-internal)."""
 
     def __init__(self, kernel_id: str, code: str, *, allow_stdin: bool, silent: bool,
-                 store_history: bool, streaming: bool) -> None:
+                 store_history: bool, streaming: bool,
+                 user_expressions: dict[str, str] | None = None,
+                 comm: CommRequest | None = None) -> None:
         self.id = uuid.uuid4().hex
         self.kernel_id, self.code = kernel_id, code
         self.allow_stdin, self.silent, self.store_history = allow_stdin, silent, store_history
+        self.user_expressions = user_expressions
+        # a front end's comm message (`send_comm`) queued in the FIFO instead of a cell: its
+        # fields, sent with this execution's id when it starts
+        self.comm = comm
         self.outputs: list[KernelEvent] = []
         self.has_result = False  # an execute_result event is among the outputs
         self.queue: asyncio.Queue[KernelEvent | None] | None = (
@@ -49,11 +55,14 @@ class Execution:
 
     def finish(self, status: str, execution_count: int | None = None,
                result: dict[str, Any] | None = None,
-               error: dict[str, Any] | None = None) -> ExecutionResult:
+               error: dict[str, Any] | None = None, *,
+               payload: list[dict[str, Any]] | None = None,
+               user_expressions: dict[str, Any] | None = None) -> ExecutionResult:
         res = ExecutionResult(
             execution_id=self.id, kernel_id=self.kernel_id, status=status,
             execution_count=execution_count, result=result, error=error,
-            outputs=list(self.outputs), started=self.started, finished=time.time())
+            outputs=list(self.outputs), started=self.started, finished=time.time(),
+            payload=payload or [], user_expressions=user_expressions or {})
         if not self.future.done():
             self.future.set_result(res)
         if self.queue is not None:

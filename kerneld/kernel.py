@@ -15,6 +15,12 @@ What runs the kernel is its `Backend` (`kerneld.backends`): a confined worker pr
 in-process thread. The record sends it requests and gets back, through `on_message` and
 `on_exit` (it is the backend's `BackendHost`), the runtime's messages and its death. Messages
 for an execution other than the running one are dropped: a worker cannot speak out of turn.
+The one exception: a comm message (`comm_open`/`comm_msg`/`comm_close`) the kernel sent while
+none of its executions ran (from a thread, between cells) arrives with exec_id "" and goes to
+the kernel's listeners (`on_kernel_event`, `subscribe`) with execution_id None, never into an
+execution's outputs: widgets updated from a thread reach a front end that listens. Comm
+events must have a str `comm_id` and `buffers` that are a list of bytes; others are dropped,
+like events of unknown types.
 
 The record imports nothing above it: everything it needs from the manager comes through a
 `KernelHost` (make a backend, dispatch an event, expire or terminate a kernel, run a task, the
@@ -64,6 +70,9 @@ class KernelEvents(str, Enum):
     EXECUTE_ERROR = "execute_error"
     CLEAR_OUTPUT = "clear_output"
     INPUT_REQUEST = "input_request"
+    COMM_OPEN = "comm_open"
+    COMM_MSG = "comm_msg"
+    COMM_CLOSE = "comm_close"
     EXECUTION_STALLED = "execution_stalled"
     KERNEL_DIED = "kernel_died"
     KERNEL_RESTARTED = "kernel_restarted"
@@ -122,6 +131,13 @@ class KernelHost(Protocol):
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
         """Run `coro` in the background (kept, and cancelled when the manager closes)."""
+
+
+def _comm_event_ok(data: dict[str, Any]) -> bool:
+    """A comm event from a worker names its comm and carries bytes buffers (or none)."""
+    buffers = data.get("buffers", [])
+    return (isinstance(data.get("comm_id"), str) and isinstance(buffers, list)
+            and all(type(b) is bytes for b in buffers))
 
 
 def _first(*values: Any) -> Any:
@@ -299,8 +315,14 @@ class KernelRecord:
 
     def on_message(self, msg: Any) -> None:
         if isinstance(msg, p.Output):
+            if msg.type not in _WORKER_EVENTS or (msg.type in p.COMM_EVENTS
+                                                  and not _comm_event_ok(msg.data)):
+                return
             current = self.current
-            if current is None or msg.exec_id != current.id or msg.type not in _WORKER_EVENTS:
+            if msg.exec_id == "" and msg.type in p.COMM_EVENTS:
+                self.host.dispatch(p.KernelEvent(msg.type, msg.data, self.id, None))
+                return
+            if current is None or msg.exec_id != current.id:
                 return
             event = p.KernelEvent(msg.type, msg.data, self.id, current.id)
             current.add(event)
@@ -323,7 +345,8 @@ class KernelRecord:
         status = msg.status if msg.status in ("ok", "error") else "error"
         if msg.execution_count is not None:
             self.execution_count = msg.execution_count
-        current.finish(status, msg.execution_count, msg.result, msg.error)
+        current.finish(status, msg.execution_count, msg.result, msg.error,
+                       payload=msg.payload, user_expressions=msg.user_expressions)
         self.current = None
         if self._status is Status.BUSY:
             self.set_status(Status.IDLE)
@@ -373,8 +396,14 @@ class KernelRecord:
         self.set_status(Status.BUSY)
         execution.started = time.time()
         execution.started_mono = time.monotonic()
-        self.send(p.Execute(execution.id, execution.code, execution.silent,
-                            execution.store_history, execution.allow_stdin, self.output_limit))
+        comm = execution.comm
+        if comm is not None:
+            self.send(p.CommRequest(execution.id, comm.msg_type, comm.content, comm.metadata,
+                                    comm.buffers, self.output_limit))
+        else:
+            self.send(p.Execute(execution.id, execution.code, execution.silent,
+                                execution.store_history, execution.allow_stdin,
+                                self.output_limit, execution.user_expressions))
 
     def input_reply(self, value: str) -> bool:
         if self.current is None:

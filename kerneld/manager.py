@@ -331,40 +331,79 @@ class KernelManager:
     # ------------------------------------------------------------------ execution
 
     def execute_stream(self, kernel_id: str, code: str, *, allow_stdin: bool = False,
-                       silent: bool = False, store_history: bool = True) -> ExecutionStream:
-        execution = self._submit(kernel_id, code, allow_stdin, silent, store_history, True)
+                       silent: bool = False, store_history: bool = True,
+                       user_expressions: dict[str, str] | None = None) -> ExecutionStream:
+        execution = self._submit(kernel_id, code, allow_stdin, silent, store_history, True,
+                                 user_expressions)
         return ExecutionStream(execution)
 
     async def execute(self, kernel_id: str, code: str, *, allow_stdin: bool = False,
-                      silent: bool = False, store_history: bool = True) -> p.ExecutionResult:
-        execution = self._submit(kernel_id, code, allow_stdin, silent, store_history, False)
+                      silent: bool = False, store_history: bool = True,
+                      user_expressions: dict[str, str] | None = None) -> p.ExecutionResult:
+        execution = self._submit(kernel_id, code, allow_stdin, silent, store_history, False,
+                                 user_expressions)
         return await execution.future
 
     def submit(self, kernel_id: str, code: str, *, allow_stdin: bool = False,
                silent: bool = False, store_history: bool = True,
+               user_expressions: dict[str, str] | None = None,
                ) -> asyncio.Future[p.ExecutionResult]:
         """Queue an execution now and return the future of its result (what `execute` awaits);
         for callers such as the daemon that answer from a done-callback."""
-        return self._submit(kernel_id, code, allow_stdin, silent, store_history, False).future
+        return self._submit(kernel_id, code, allow_stdin, silent, store_history, False,
+                            user_expressions).future
+
+    def send_comm(self, kernel_id: str, msg_type: str, content: dict[str, Any],
+                  metadata: dict[str, Any] | None = None,
+                  buffers: list[bytes] | None = None) -> ExecutionStream:
+        """A front end's comm_open / comm_msg / comm_close for the kernel's CommManager.
+
+        Queued in the kernel's FIFO with its executions (as ipykernel's shell queues them),
+        and counted like one against the queue limits; the stream's events are what the
+        kernel's comm handler emitted (its output, the comm messages it sent back), then an
+        `ExecutionResult` with status "ok", or "error" with the error of a handler that
+        raised, and `execution_count` None. `content` is Jupyter's (`comm_id`; for comm_open
+        also `target_name`), `buffers` the message's binary buffers."""
+        kernel = self._get(kernel_id)
+        request = _comm_request(msg_type, content, metadata, buffers)
+        try:
+            size = len(p.encode(request))  # buffers included
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidArgument(f"send_comm: the message cannot be sent: {exc}") from None
+        if size > p.MAX_WORKER_MESSAGE // 2:
+            raise LimitExceeded(f"send_comm: a comm message of {size} bytes exceeds the limit "
+                                f"of {p.MAX_WORKER_MESSAGE // 2} bytes")
+        self._admit(kernel, size)
+        execution = Execution(kernel.id, "", allow_stdin=False, silent=True,
+                              store_history=False, streaming=True, comm=request)
+        self._queue(kernel, execution, size)
+        return ExecutionStream(execution)
 
     def _submit(self, kernel_id: str, code: str, allow_stdin: bool, silent: bool,
-                store_history: bool, streaming: bool) -> Execution:
+                store_history: bool, streaming: bool,
+                user_expressions: dict[str, str] | None = None) -> Execution:
         kernel = self._get(kernel_id)
         if not isinstance(code, str):
             raise InvalidArgument(f"code must be a string, not {type(code).__name__}")
         size = len(code) if code.isascii() else len(code.encode("utf-8", "surrogatepass"))
+        if user_expressions:
+            size += _expressions_size(user_expressions)
         if size > p.MAX_CODE_BYTES:
-            raise LimitExceeded(f"code is larger than the limit of {p.MAX_CODE_BYTES} bytes")
+            raise LimitExceeded(f"code is larger than the limit of {p.MAX_CODE_BYTES} bytes"
+                                + (" (with its user_expressions)" if user_expressions else ""))
         self._admit(kernel, size)
         execution = Execution(kernel.id, code, allow_stdin=bool(allow_stdin),
                               silent=bool(silent), store_history=bool(store_history),
-                              streaming=streaming)
+                              streaming=streaming, user_expressions=user_expressions or None)
+        self._queue(kernel, execution, size)
+        return execution
+
+    def _queue(self, kernel: KernelRecord, execution: Execution, size: int) -> None:
         for counts in (self._queued.setdefault(kernel, [0, 0]), self._queued_total):
             counts[0] += 1
             counts[1] += size
         execution.future.add_done_callback(functools.partial(self._unqueue, kernel, size))
         kernel.submit(execution)
-        return execution
 
     def _admit(self, kernel: KernelRecord, size: int) -> None:
         """LimitExceeded, naming the limit, unless one more execution of `size` bytes of code
@@ -423,6 +462,41 @@ class KernelManager:
     async def is_complete(self, kernel_id: str, code: str) -> dict[str, Any]:
         _introspected("is_complete", code)
         return await self._get(kernel_id).ask(lambda r: p.IsComplete(r, code))
+
+    async def history(self, kernel_id: str, hist_access_type: str = "tail",
+                      output: bool = False, raw: bool = True, session: int = 0,
+                      start: int = 0, stop: int | None = None, n: int | None = None,
+                      pattern: str | None = None, unique: bool = False) -> dict[str, Any]:
+        """Jupyter's history_reply content: `{"status": "ok", "history": [[session, line,
+        input], ...]}` (with `output`: `[session, line, [input, output]]`), oldest first.
+
+        The kernel keeps its newest `protocol.HISTORY_LIMIT` cells in memory
+        (`kerneld.runtime.history`); "tail" gives the last `n`, "range" lines `start` ≤ line <
+        `stop` of `session` (0: the current one; the only one a kernel has), "search" the
+        cells whose raw input matches the glob `pattern` (`unique`: newest of equal inputs;
+        `n`: the last n). Answered between executions, as `complete` is."""
+        if hist_access_type not in ("tail", "range", "search"):
+            raise InvalidArgument(f"history: unknown hist_access_type {shown(hist_access_type)} "
+                                  "(use 'tail', 'range' or 'search')")
+        for name, value in (("session", session), ("start", start), ("stop", stop), ("n", n)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InvalidArgument(f"history: {name} must be an integer, not "
+                                      f"{type(value).__name__}")
+        if pattern is not None:
+            _introspected("history", pattern)
+        kernel = self._get(kernel_id)
+        return await kernel.ask(lambda r: p.History(
+            r, hist_access_type, bool(output), bool(raw), session, start, stop, n, pattern,
+            bool(unique)))
+
+    async def comm_info(self, kernel_id: str, target_name: str | None = None
+                        ) -> dict[str, Any]:
+        """Jupyter's comm_info_reply content: `{"status": "ok", "comms": {comm_id:
+        {"target_name": ...}}}`, the kernel's open comms (of one target, if given)."""
+        if target_name is not None and not isinstance(target_name, str):
+            raise InvalidArgument(f"comm_info: target_name must be a string, not "
+                                  f"{type(target_name).__name__}")
+        return await self._get(kernel_id).ask(lambda r: p.CommInfo(r, target_name))
 
     # ------------------------------------------------------------------ events
 
@@ -651,6 +725,40 @@ def _check_seconds(name: str, value: object, meaning: str) -> None:
 
 
 MAX_INTROSPECTED_CODE = 64 * 1024  # characters of code complete/inspect/is_complete take
+COMM_MSG_TYPES = ("comm_open", "comm_msg", "comm_close")
+
+
+def _expressions_size(user_expressions: object) -> int:
+    """Bytes of a request's `user_expressions` ({name: expression}, both str); counted with
+    its code against the code limits."""
+    if not isinstance(user_expressions, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in user_expressions.items()):
+        raise InvalidArgument("user_expressions must be a dict of str names to str "
+                              "expressions")
+    return sum(len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
+               for k, v in user_expressions.items())
+
+
+def _comm_request(msg_type: object, content: object, metadata: object,
+                  buffers: object) -> p.CommRequest:
+    """A `send_comm` request, checked: a known message type, Jupyter content naming its comm
+    (and the target of a comm_open), bytes buffers."""
+    if msg_type not in COMM_MSG_TYPES:
+        raise InvalidArgument(f"send_comm: unknown msg_type {shown(msg_type)} "
+                              f"(use {', '.join(repr(t) for t in COMM_MSG_TYPES)})")
+    if not isinstance(content, dict) or not isinstance(content.get("comm_id"), str):
+        raise InvalidArgument("send_comm: content must be a dict with a str comm_id "
+                              "(Jupyter's comm message content)")
+    if msg_type == "comm_open" and not isinstance(content.get("target_name"), str):
+        raise InvalidArgument("send_comm: the content of a comm_open needs a str target_name")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidArgument(f"send_comm: metadata must be a dict, not "
+                              f"{type(metadata).__name__}")
+    if buffers is not None and (not isinstance(buffers, list) or not all(
+            isinstance(b, bytes | bytearray | memoryview) for b in buffers)):
+        raise InvalidArgument("send_comm: buffers must be a list of bytes")
+    return p.CommRequest("", str(msg_type), content, metadata or {},
+                         [bytes(b) for b in buffers or ()])
 
 
 def _introspected(op: str, code: str) -> None:

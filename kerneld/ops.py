@@ -8,7 +8,8 @@ Struct, how it runs (`kind`) and the method it calls.
 
 Kinds:
 - "call": a manager method; its value is the reply (a coroutine's once it resolves);
-- "stream": a manager method returning an `ExecutionStream`: events, then the result;
+- "stream": a manager method returning an `ExecutionStream`: events, then the result
+  (`execute_stream`, `send_comm`);
 - "local": answered by the service itself (subscriptions, `status`, `ping`, `get_kernel`).
 
 `CreateKernel` is also the kernel's `KernelSpec`: the manager stores it with the kernel,
@@ -94,6 +95,7 @@ class Execute(_Args, frozen=True):
     allow_stdin: bool = False
     silent: bool = False
     store_history: bool = True
+    user_expressions: dict[str, Any] | None = None
 
 
 class ExecuteStream(Execute, frozen=True):
@@ -163,6 +165,36 @@ class Inspect(_Args, frozen=True):
 class IsComplete(_Args, frozen=True):
     kernel_id: str
     code: str
+
+
+class History(_Args, frozen=True):
+    """Jupyter's history_request: the kernel's input (and output) history."""
+
+    kernel_id: str
+    hist_access_type: str = "tail"
+    output: bool = False
+    raw: bool = True
+    session: int = 0
+    start: int = 0
+    stop: int | None = None
+    n: int | None = None
+    pattern: str | None = None
+    unique: bool = False
+
+
+class CommInfo(_Args, frozen=True):
+    kernel_id: str
+    target_name: str | None = None
+
+
+class SendComm(_Args, frozen=True):
+    """A front end's comm_open / comm_msg / comm_close, run like an execution (a stream)."""
+
+    kernel_id: str
+    msg_type: str
+    content: dict[str, Any]
+    metadata: dict[str, Any] | None = None
+    buffers: list[Any] | None = None
 
 
 class GetPoolStats(_NoArgs, frozen=True):
@@ -244,6 +276,9 @@ OPS: dict[str, Op] = {op.name: op for op in (
     _op("complete", Complete),
     _op("inspect", Inspect),
     _op("is_complete", IsComplete),
+    _op("history", History),
+    _op("comm_info", CommInfo),
+    _op("send_comm", SendComm, "stream"),
     _op("get_pool_stats", GetPoolStats),
     _op("check_profile", CheckProfile),
     _op("subscribe", Subscribe, "local"),

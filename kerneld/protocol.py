@@ -13,12 +13,15 @@ Client ↔ daemon (client DEALER → daemon ROUTER; the ROUTER prepends the peer
 
 Manager ↔ worker (worker DEALER, routing id = the kernel's secret token → manager ROUTER):
 
-    manager → worker  [ Execute | InputReply | Complete | Inspect | IsComplete | Shutdown
-                        | Activate (first, right after Hello) ]
+    manager → worker  [ Execute | CommRequest | InputReply | Complete | Inspect | IsComplete
+                        | History | CommInfo | Shutdown | Activate (first, right after Hello) ]
     worker → manager  [ Hello ] once, then
                       [ Output{exec_id, type, data} ]*  events of the running execution, in order
-                      [ Done{exec_id, status, ...} ]    end of that execution
-                      [ Answer{req_id, content} ]       reply to Complete/Inspect/IsComplete
+                                                        (exec_id "": a comm message the kernel
+                                                        sent outside any execution)
+                      [ Done{exec_id, status, ...} ]    end of that execution (or CommRequest)
+                      [ Answer{req_id, content} ]       reply to Complete/Inspect/IsComplete/
+                                                        History/CommInfo
 
 Manager ↔ zygote (pipes, 4-byte big-endian length + msgpack): ForkRequest → Forked;
 the zygote also reports BootFailed (the child could not confine itself) and Exited (reaped).
@@ -42,12 +45,17 @@ MAX_CODE_BYTES = 1 * 1024 * 1024
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_WORKER_MESSAGE = 32 * 1024 * 1024
 STREAM_CHUNK_BYTES = 256 * 1024
+# A worker's second DEALER (routing id = its token + this), opened the first time one of its
+# threads sends a comm message between executions, when the main socket is the main thread's
+SIDE_ROUTING_SUFFIX = b"/side"
 
 # Jupyter vocabulary for execution events (the seed surfaces `error` as `execute_error`).
+COMM_EVENTS = frozenset({"comm_open", "comm_msg", "comm_close"})
 EVENT_TYPES = frozenset({
     "stream", "display_data", "update_display_data", "execute_result", "execute_error",
-    "clear_output", "input_request", "execution_stalled",
+    "clear_output", "input_request", "execution_stalled", *COMM_EVENTS,
 })
+HISTORY_LIMIT = 10_000  # cells of input (and output) history a kernel keeps, the newest
 
 
 class KernelEvent(msgspec.Struct, frozen=True):
@@ -71,6 +79,11 @@ class ExecutionResult(msgspec.Struct, frozen=True):
     outputs: list[KernelEvent]
     started: float | None
     finished: float | None
+    # Jupyter's execute_reply extras: payloads (the pager of `obj?`, `set_next_input`) and
+    # the values of the request's `user_expressions` (name → {status, data, metadata} or an
+    # error content), evaluated after a cell that succeeded
+    payload: list[dict[str, Any]] = []
+    user_expressions: dict[str, Any] = {}
 
     @property
     def success(self) -> bool:
@@ -85,6 +98,19 @@ class Execute(msgspec.Struct, frozen=True, tag="execute", tag_field="t"):
     silent: bool = False
     store_history: bool = True
     allow_stdin: bool = False
+    output_limit: int = 8 * 1024 * 1024
+    user_expressions: dict[str, str] | None = None
+
+
+class CommRequest(msgspec.Struct, frozen=True, tag="comm", tag_field="t"):
+    """A front end's comm_open / comm_msg / comm_close, run like an execution: queued with the
+    cells, its handler's output belongs to `exec_id`, it ends with a `Done`."""
+
+    exec_id: str
+    msg_type: str  # "comm_open" | "comm_msg" | "comm_close"
+    content: dict[str, Any]
+    metadata: dict[str, Any] = {}
+    buffers: list[bytes] = []
     output_limit: int = 8 * 1024 * 1024
 
 
@@ -111,6 +137,26 @@ class IsComplete(msgspec.Struct, frozen=True, tag="is_complete", tag_field="t"):
     code: str
 
 
+class History(msgspec.Struct, frozen=True, tag="history", tag_field="t"):
+    """Jupyter's history_request content; answered with history_reply content."""
+
+    req_id: str
+    hist_access_type: str = "tail"
+    output: bool = False
+    raw: bool = True
+    session: int = 0
+    start: int = 0
+    stop: int | None = None
+    n: int | None = None
+    pattern: str | None = None
+    unique: bool = False
+
+
+class CommInfo(msgspec.Struct, frozen=True, tag="comm_info", tag_field="t"):
+    req_id: str
+    target_name: str | None = None
+
+
 class Shutdown(msgspec.Struct, frozen=True, tag="shutdown", tag_field="t"):
     pass
 
@@ -123,7 +169,8 @@ class Activate(msgspec.Struct, frozen=True, tag="activate", tag_field="t"):
     env: dict[str, str]
 
 
-ToWorker = Execute | InputReply | Complete | Inspect | IsComplete | Shutdown | Activate
+ToWorker = (Execute | CommRequest | InputReply | Complete | Inspect | IsComplete | History
+            | CommInfo | Shutdown | Activate)
 
 # --------------------------------------------------------------------------- worker → manager
 
@@ -145,6 +192,8 @@ class Done(msgspec.Struct, frozen=True, tag="done", tag_field="t"):
     execution_count: int | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    payload: list[dict[str, Any]] = []
+    user_expressions: dict[str, Any] = {}
 
 
 class Answer(msgspec.Struct, frozen=True, tag="answer", tag_field="t"):

@@ -12,7 +12,7 @@ Requests: the op is looked up in `kerneld.ops` and its arguments decoded into th
 - "call" ops call the manager method; a coroutine's value is answered from a task, a plain
   value at once. `execute` is the fast path: submitted synchronously (`manager.submit`) and
   answered from the future's done-callback, with no task per execution;
-- "stream" ops (`execute_stream`) send each event, waiting while the peer has no room
+- "stream" ops (`execute_stream`, `send_comm`) send each event, waiting while the peer has no room
   (`Peer.event`), then the result (without its `outputs`: the client rebuilds them from the
   events);
 - "local" ops are the service's own: subscriptions, `get_kernel`, `status`, `ping`.
@@ -175,7 +175,8 @@ class Service:
             # task per execution. The manager refuses what exceeds its queue limits.
             self._admit_execution(peer.key)
             future = mgr.submit(params.kernel_id, params.code, allow_stdin=params.allow_stdin,
-                                silent=params.silent, store_history=params.store_history)
+                                silent=params.silent, store_history=params.store_history,
+                                user_expressions=params.user_expressions)
             self._count_execution(peer.key, 1)
             future.add_done_callback(functools.partial(self._answer_done, peer, rid))
         elif op.name == "create_kernel":
@@ -197,7 +198,7 @@ class Service:
             self._admit_execution(peer.key)
             stream = getattr(mgr, op.method)(**ops.as_kwargs(params))
             self._count_execution(peer.key, 1)
-            self._task(self._stream(peer, rid, stream))
+            self._task(self._stream(peer, rid, op.name, stream))
         else:
             getattr(self, f"_op_{op.name}")(peer, rid, params)
 
@@ -292,7 +293,7 @@ class Service:
             log.error("execute failed error=%r", exc)
             peer.reply(rid, error=_internal("execute", exc))
 
-    async def _stream(self, peer: Peer, rid: str, stream: Any) -> None:
+    async def _stream(self, peer: Peer, rid: str, op: str, stream: Any) -> None:
         value, error = None, None
         try:
             async for event in stream:
@@ -305,8 +306,8 @@ class Service:
                 "the daemon shut down before this execution finished"))
             raise
         except Exception as exc:
-            log.exception("execute_stream failed")
-            error = _internal("execute_stream", exc)
+            log.exception("%s failed", op)
+            error = _internal(op, exc)
         finally:
             self._count_execution(peer.key, -1)
         if not peer.closed:

@@ -173,6 +173,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                              "(development stand-in; not the official figures)")
     parser.add_argument("--check", action="store_true",
                         help="exit with status 2 if a target is missed")
+    parser.add_argument("--jupyter", action="store_true",
+                        help="the Jupyter side instead: one jupyter_client driver against "
+                             "ipykernel and the kerneld kernelspec (kerneld_bench/jupyter.py)")
+    parser.add_argument("--hypha", action="store_true",
+                        help="the Hypha side instead: round trips through a Hypha server and "
+                             "`kerneld hypha` vs direct, creates/s over two hosts "
+                             "(kerneld_bench/hypha.py; needs .venv-hypha)")
     parser.add_argument("--address", help=argparse.SUPPRESS)  # passed on by `kerneld --address`
     if argv[:1] == ["--"]:
         argv = argv[1:]
@@ -186,6 +193,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    if args.jupyter:
+        from kerneld_bench import jupyter
+        return jupyter.main(args, mode)
+    if args.hypha:
+        from kerneld_bench import hypha
+        return hypha.main(args, mode)
     counts = MODES[mode]
     if args.idle_kernels:
         counts = Counts(**{**counts.__dict__, "idle_kernels": args.idle_kernels})

@@ -136,6 +136,7 @@ class WorkerBackend:
         self._check_killed()
         # from now on the hub hands the worker's messages straight to the host (the hot path)
         sup.hub.register(self.token, self.host.on_message)
+        sup.hub.register(self.token + p.SIDE_ROUTING_SUFFIX, self._from_side)
 
     def _on_forked(self, forked: p.Forked) -> None:
         """Route the zygote's reports on the new processes here, before it can send one."""
@@ -157,6 +158,12 @@ class WorkerBackend:
         self.proxy = KernelProxy(kernel_id=self.launch.kernel_id, rules=lowered.net_allow,
                                  deny_rules=lowered.net_deny)
         await self.proxy.start_in_netns(self.pid, PROXY_PORT)
+
+    def _from_side(self, msg: Any) -> None:
+        """The worker's side socket carries only comm messages sent by its threads between
+        executions (exec_id ""); anything else on it is dropped."""
+        if isinstance(msg, p.Output) and msg.exec_id == "":
+            self.host.on_message(msg)
 
     def _before_hello(self, msg: Any) -> None:
         if isinstance(msg, p.Hello) and self._hello is not None and not self._hello.done():
@@ -300,6 +307,7 @@ class WorkerBackend:
     def _release(self) -> None:
         if self.token:
             self.supervisor.hub.unregister(self.token)
+            self.supervisor.hub.unregister(self.token + p.SIDE_ROUTING_SUFFIX)
             self.token = b""
         if self.cgroup_dirs:
             dirs, self.cgroup_dirs = self.cgroup_dirs, ()

@@ -11,7 +11,13 @@ What it turns into events (all through the `emit(type, data)` callback it is giv
   traceback lines;
 - `input()` / `getpass()` → `input_request`, answered through `request_input` (the answer
   `EOF` = "\x04" raises EOFError, as in ipykernel: how a client says its stdin ended), or a
-  clear `StdinNotImplementedError` when the caller did not allow stdin (as ipykernel does).
+  clear `StdinNotImplementedError` when the caller did not allow stdin (as ipykernel does);
+- what kernel-side comms publish → `comm_open` / `comm_msg` / `comm_close`
+  (`kerneld.runtime.comms`); a front end's comm messages are run by `handle_comm`.
+What it returns with a cell (`Outcome`), as ipykernel's execute_reply has it: the payloads
+IPython's pager (`obj?`, `obj??`, `%pdoc`…) and `set_next_input` wrote (ipykernel's
+`payloadpage`), and the values of the request's `user_expressions`. It keeps the kernel's
+input/output history, bounded and in memory (`kerneld.runtime.history`), for `history`.
 Text written to stdout/stderr is *not* handled here: the host of the engine captures it
 (fd-level pipes in a worker, a thread-aware proxy in process), because only it knows the fds.
 
@@ -31,7 +37,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.core.displayhook import DisplayHook
@@ -41,6 +47,9 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.tokenutil import token_at_cursor
 from traitlets import Type
 from traitlets.config import Config
+
+from kerneld.runtime import comms
+from kerneld.runtime.history import KeptHistory
 
 Emit = Callable[[str, dict[str, Any]], None]
 EOF = "\x04"  # an input_reply of this value: the client's stdin ended (Jupyter's convention)
@@ -134,10 +143,26 @@ class _Shell(InteractiveShell):  # type: ignore[misc]
 
     displayhook_class = Type(_DisplayHook)
     display_pub_class = Type(_Publisher)
+    kerneld_comms: comms.Comms | None = None  # its engine's (comms.current finds them here)
 
     def init_instance_attrs(self) -> None:
         super().init_instance_attrs()
         self._stock_transforms: tuple[list[Any], ...] | None = None
+
+    def init_history(self) -> None:
+        """The bounded in-memory history (`KeptHistory`) instead of IPython's sqlite one."""
+        self.history_manager = KeptHistory(shell=self, parent=self)
+        self.configurables.append(self.history_manager)  # type: ignore[arg-type]
+
+    def init_hooks(self) -> None:
+        super().init_hooks()
+        self.set_hook("show_in_pager", _page_to_payload, 99)
+
+    def set_next_input(self, s: str, replace: bool = False) -> None:
+        """As ipykernel: a `set_next_input` payload of the cell's reply (the front end puts
+        the text into the next cell), not readline's next line."""
+        self.payload_manager.write_payload(
+            {"source": "set_next_input", "text": str(s), "replace": bool(replace)})
 
     def _plain(self, raw_cell: str) -> bool:
         """`raw_cell` needs none of the static transformations (tokenizing it for them is
@@ -174,6 +199,26 @@ class _Shell(InteractiveShell):  # type: ignore[misc]
         for transform in self.input_transformers_post:
             lines = transform(lines)
         return "".join(lines)
+
+
+def _page_to_payload(shell: InteractiveShell, data: Any, start: int = 0,
+                     screen_lines: int = 0, pager_cmd: Any = None) -> None:
+    """IPython's `show_in_pager` hook, as ipykernel's `payloadpage.page`: what IPython would
+    page (`obj?`, `%pdoc`, ...) becomes a `page` payload of the cell's reply."""
+    bundle = data if isinstance(data, dict) else {"text/plain": str(data)}
+    shell.payload_manager.write_payload(
+        {"source": "page", "data": _jsonable(bundle), "start": max(0, int(start or 0))})
+
+
+class Outcome(NamedTuple):
+    """What a cell returns with (Jupyter's execute_reply, less its status bookkeeping)."""
+
+    status: str                          # "ok" | "error"
+    execution_count: int | None
+    result: dict[str, Any] | None        # the execute_result content
+    error: dict[str, Any] | None
+    payload: list[dict[str, Any]]
+    user_expressions: dict[str, Any]
 
 
 _FAST_TYPES = (int, str, bool)
@@ -223,6 +268,9 @@ class Engine:
         self._full_showtraceback = self.shell.showtraceback
         self.shell.showtraceback = self._showtraceback_fast_interrupts
         self.shell.system = self._system
+        self.comms = comms.Comms(self._emit_comm)
+        self.shell.kerneld_comms = self.comms
+        comms.install()
         self._baseline = self._printers()
         self._active_types = list(self.shell.display_formatter.active_types)
         self.emit: Emit = lambda _type, _data: None
@@ -295,7 +343,9 @@ class Engine:
         try:
             for _ in range(rounds):
                 for cell in ("1+1", "x = 1", "1/0", "def f(:\n  pass"):
-                    self.shell.run_cell(cell, store_history=True, silent=False)
+                    # through `execute` (payloads, user_expressions), as requests run: the
+                    # code it runs is then specialised here, not in every worker
+                    self.execute(cell, user_expressions={"x": "x"} if cell == "x = 1" else None)
             self.complete("pri", 3)
         finally:
             self.emit = saved
@@ -304,15 +354,25 @@ class Engine:
 
     def attach(self, emit: Emit, flush_streams: Callable[[], None],
                request_input: RequestInput | None) -> None:
+        """Serve on the calling thread, emitting through `emit`."""
         self.emit, self.flush_streams, self.request_input = emit, flush_streams, request_input
+        comms.attach(self.comms)
+
+    def detach(self) -> None:
+        """The serving thread ends (in process: the kernel is gone)."""
+        comms.detach(self.comms)
 
     # -- execution ------------------------------------------------------------------------
 
     def execute(self, code: str, *, silent: bool = False, store_history: bool = True,
-                allow_stdin: bool = False) -> tuple[str, int | None, dict[str, Any] | None,
-                                                     dict[str, Any] | None]:
-        """Run one cell. Returns (status, execution_count, execute_result content, error)."""
+                allow_stdin: bool = False,
+                user_expressions: dict[str, str] | None = None) -> Outcome:
+        """Run one cell; then, if it succeeded, evaluate `user_expressions` (as ipykernel:
+        after an error they are not evaluated)."""
         self.last_result = self.last_error = None
+        payloads = self.shell.payload_manager
+        if payloads.read_payload():  # a trait: set only when needed (traitlets' setter is
+            payloads.clear_payload()  # costly, and ~0.05 MiB of private memory per worker)
         self._install_input(allow_stdin)
         result = self.shell.run_cell(code, store_history=store_history, silent=silent)
         self.flush_streams()
@@ -320,8 +380,50 @@ class Engine:
         if failed and self.last_error is None:
             exc = result.error_before_exec or result.error_in_exec
             self.last_error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
-        count = result.execution_count
-        return ("error" if failed else "ok", count, self.last_result, self.last_error)
+        values: dict[str, Any] = {}
+        if user_expressions and not failed:
+            values = self.shell.user_expressions(user_expressions)
+            for value in values.values():
+                if value.get("status") == "ok":
+                    value["data"] = _jsonable(value.get("data") or {})
+        payload = list(payloads.read_payload())
+        if payload:
+            payloads.clear_payload()
+        return Outcome("error" if failed else "ok", result.execution_count, self.last_result,
+                       self.last_error, payload, values)
+
+    # -- comms ----------------------------------------------------------------------------
+
+    def _emit_comm(self, msg_type: str, data: dict[str, Any]) -> None:
+        self.flush_streams()  # what the code printed before it sent the message comes first
+        self.emit(msg_type, data)
+
+    def handle_comm(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any],
+                    buffers: list[bytes]) -> dict[str, Any] | None:
+        """A front end's comm_open / comm_msg / comm_close, run through this kernel's
+        CommManager; returns the error content of a handler that raised, or None."""
+        try:
+            exc = self.comms.deliver(msg_type, content, metadata, buffers)
+        finally:
+            self.flush_streams()
+        if exc is None:
+            return None
+        error = failure(exc)
+        self.emit("execute_error", error)
+        return error
+
+    def comm_info(self, target_name: str | None = None) -> dict[str, Any]:
+        return self.comms.info(target_name)
+
+    def history(self, hist_access_type: str = "tail", output: bool = False, raw: bool = True,
+                session: int = 0, start: int = 0, stop: int | None = None,
+                n: int | None = None, pattern: str | None = None,
+                unique: bool = False) -> dict[str, Any]:
+        """Jupyter's history_reply content (`KeptHistory.reply`)."""
+        manager = self.shell.history_manager
+        assert isinstance(manager, KeptHistory)
+        return manager.reply(hist_access_type, output, raw, session, start, stop, n, pattern,
+                             unique)
 
     def _showtraceback_fast_interrupts(self, exc_tuple: Any = None, *args: Any,
                                        **kwargs: Any) -> None:

@@ -11,8 +11,14 @@ given; what a request means is decided here only:
   handler and a failure of IPython itself are that cell's error, never the kernel's end. The
   value of the cell's last expression travels inside `Done`, not as an `Output` of its own
   (one message less per cell; the record emits the `execute_result` event from it).
-- `Complete` / `Inspect` / `IsComplete` are answered with an `Answer`, IPython's failures
-  included (`answered`).
+- `CommRequest` (a front end's comm_open / comm_msg / comm_close) runs like a cell: queued
+  with them, its handler's output and messages belong to its `exec_id`, it ends with a `Done`
+  (status "error" with the error content if a handler raised; no execution count).
+- `Complete` / `Inspect` / `IsComplete` / `History` / `CommInfo` are answered with an
+  `Answer`, IPython's failures included (`answered`).
+- Comm messages the kernel sends while no execution runs (from a thread, between cells) are
+  sent as an `Output` with exec_id "": the manager gives them to the kernel's listeners, not
+  to any execution. Every other event outside an execution is dropped, as before.
 - `Activate` sets the kernel's environment; `Shutdown` ends the loop.
 - While a cell waits in `input()`, the `InputReply` answers it; requests that arrive meanwhile
   are served after the cell, in their order.
@@ -28,7 +34,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from kerneld import protocol as p
-from kerneld.runtime.engine import Engine, answered, failure
+from kerneld.runtime.engine import Engine, Outcome, answered, failure
 
 # the error of a cell whose KeyboardInterrupt arrived outside IPython's own handler (e.g. just
 # before the cell's code started): IPython reported nothing, so the loop says what happened
@@ -83,6 +89,12 @@ class Loop:
     def run(self) -> None:
         """Serve until Shutdown."""
         self.engine.attach(self._emit, self.channel.flush, self._request_input)
+        try:
+            self._serve()
+        finally:
+            self.engine.detach()
+
+    def _serve(self) -> None:
         channel = self.channel
         while True:
             try:
@@ -103,6 +115,8 @@ class Loop:
         engine = self.engine
         if isinstance(msg, p.Execute):
             return self._execute(msg)
+        if isinstance(msg, p.CommRequest):
+            return self._comm(msg)
         if isinstance(msg, p.Complete):
             return p.Answer(msg.req_id, answered(engine.complete, msg.code, msg.cursor_pos))
         if isinstance(msg, p.Inspect):
@@ -110,6 +124,12 @@ class Loop:
                                                  msg.detail_level))
         if isinstance(msg, p.IsComplete):
             return p.Answer(msg.req_id, answered(engine.is_complete, msg.code))
+        if isinstance(msg, p.History):
+            return p.Answer(msg.req_id, answered(
+                engine.history, msg.hist_access_type, msg.output, msg.raw, msg.session,
+                msg.start, msg.stop, msg.n, msg.pattern, msg.unique))
+        if isinstance(msg, p.CommInfo):
+            return p.Answer(msg.req_id, answered(engine.comm_info, msg.target_name))
         if isinstance(msg, p.Activate):
             self.channel.activate(msg.env)
         return None  # an InputReply nobody waits for, or a request that could not be read
@@ -120,26 +140,52 @@ class Loop:
         try:
             self.executing = True
             try:
-                status, count, result, error = self.engine.execute(
+                out = self.engine.execute(
                     msg.code, silent=msg.silent, store_history=msg.store_history,
-                    allow_stdin=msg.allow_stdin)
+                    allow_stdin=msg.allow_stdin, user_expressions=msg.user_expressions)
             finally:
                 self.executing = False
                 self.channel.cell_ended()
         except KeyboardInterrupt:  # arrived outside IPython's own handler
             error = dict(INTERRUPTED)
             self._emit("execute_error", error)
-            status, count, result = "error", None, None
+            out = Outcome("error", None, None, error, [], {})
         except Exception as exc:  # noqa: BLE001  (IPython itself failed: this cell's error,
             error = failure(exc)  # not the kernel's end)
             self._emit("execute_error", error)
-            status, count, result = "error", None, None
+            out = Outcome("error", None, None, error, [], {})
         self.exec_id = None
-        return p.Done(msg.exec_id, status, count, result, error)
+        return p.Done(msg.exec_id, out.status, out.execution_count, out.result, out.error,
+                      payload=out.payload, user_expressions=out.user_expressions)
+
+    def _comm(self, msg: p.CommRequest) -> p.Done:
+        """A front end's comm message, run as an execution (interruptible like a cell)."""
+        self.exec_id = msg.exec_id
+        self.channel.begin(msg.exec_id, msg.output_limit)
+        try:
+            self.executing = True
+            try:
+                error = self.engine.handle_comm(msg.msg_type, msg.content, msg.metadata,
+                                                msg.buffers)
+            finally:
+                self.executing = False
+                self.channel.cell_ended()
+        except KeyboardInterrupt:
+            error = dict(INTERRUPTED)
+            self._emit("execute_error", error)
+        except Exception as exc:  # noqa: BLE001  (a malformed message: this request's error)
+            error = failure(exc)
+            self._emit("execute_error", error)
+        self.exec_id = None
+        return p.Done(msg.exec_id, "ok" if error is None else "error", None, None, error)
 
     def _emit(self, type_: str, data: dict[str, Any]) -> None:
-        if self.exec_id is not None and type_ != "execute_result":  # that one rides in Done
-            self.channel.publish(p.Output(self.exec_id, type_, data))
+        exec_id = self.exec_id
+        if exec_id is not None:
+            if type_ != "execute_result":  # that one rides in Done
+                self.channel.publish(p.Output(exec_id, type_, data))
+        elif type_ in p.COMM_EVENTS:  # sent outside any execution: the kernel's listeners'
+            self.channel.publish(p.Output("", type_, data))
 
     def _request_input(self, prompt: str, password: bool) -> str:
         """`input()` in a cell: ask the client, wait for its InputReply."""

@@ -17,7 +17,15 @@ Threads:
 
 Sharing: `_Channel` holds the socket and the output buffers under one lock (ZeroMQ sockets may
 change threads behind a full memory barrier, which the lock is). Between cells only the main
-thread touches the socket. Ordering: every send first drains both pipes, so everything written
+thread touches the socket: it waits for the next request there, without the lock. A comm
+message another thread sends between cells (a widget updated from a thread) therefore goes out
+on a second DEALER socket (routing id: the token + `SIDE_ROUTING_SUFFIX`), opened the first
+time that happens and used under its own lock; the manager takes only such messages from it.
+(Why not wake the main thread instead: waiting in Python for either a request or a wake-up
+costs every worker ~0.1 MiB of private memory, measured, where a blocking recv costs none.)
+A message larger than MAX_WORKER_MESSAGE (which the
+manager's socket would refuse, dropping the connection) raises ValueError in the code that
+sends it, instead of being sent. Ordering: every send first drains both pipes, so everything written
 before `display()` or the end of a cell is emitted before it, in the order written per stream.
 
 Liveness and shutdown: the worker exits on `Shutdown`, when killed, or when the manager's
@@ -71,7 +79,7 @@ class _Channel:
     `_locked_*` need `self.lock` held."""
 
     def __init__(self, sock: zmq.Socket[bytes], out_r: int, err_r: int,
-                 flusher: _Flusher) -> None:
+                 flusher: _Flusher, side: Callable[[], zmq.Socket[bytes]]) -> None:
         self.sock, self.out_r, self.err_r, self.flusher = sock, out_r, err_r, flusher
         self.lock = threading.Lock()
         self.decoders = {name: codecs.getincrementaldecoder("utf-8")("replace")
@@ -82,6 +90,10 @@ class _Channel:
         self.exec_id: str | None = None
         self.cap = OutputCap()
         self.dropped = 0
+        self.main = threading.get_ident()  # the thread that serves requests
+        self.open_side = side
+        self.side: zmq.Socket[bytes] | None = None
+        self.side_lock = threading.Lock()
 
     # -- with the lock held -----------------------------------------------------------------
 
@@ -161,11 +173,25 @@ class _Channel:
         _flush_python_streams()
 
     def publish(self, msg: Any) -> None:
-        """Send a message after everything already written to fds 1 and 2."""
+        """Send a message after everything already written to fds 1 and 2 (from a thread
+        other than the main one between cells: through the outbox, see the module
+        docstring). ValueError for one larger than the manager accepts."""
+        payload = p.encode(msg)
+        if len(payload) > p.MAX_WORKER_MESSAGE:
+            raise ValueError(
+                f"a {getattr(msg, 'type', 'message')} message of {len(payload)} bytes exceeds "
+                f"the limit of {p.MAX_WORKER_MESSAGE} bytes a kernel may send at once")
         with self.lock:
-            self._locked_drain()
-            self._locked_emit()
-            self.sock.send(p.encode(msg))
+            between = self.exec_id is None and threading.get_ident() != self.main
+            if not between:
+                self._locked_drain()
+                self._locked_emit()
+                self.sock.send(payload)
+                return
+        with self.side_lock:  # a thread, between cells: the main socket is not ours now
+            if self.side is None:
+                self.side = self.open_side()
+            self.side.send(payload)
 
     def finish(self, done: p.Done) -> None:
         _restore_fds()
@@ -468,8 +494,17 @@ def main(engine: Engine, token: bytes, endpoint: str) -> None:
     sock.setsockopt(zmq.SNDHWM, 10000)
     sock.connect(endpoint)
     sock.send(p.encode(p.Hello(pid=os.getpid())))
+
+    def side() -> zmq.Socket[bytes]:
+        extra = ctx.socket(zmq.DEALER)
+        extra.setsockopt(zmq.ROUTING_ID, token + p.SIDE_ROUTING_SUFFIX)
+        extra.setsockopt(zmq.LINGER, 1000)
+        extra.setsockopt(zmq.SNDHWM, 10000)
+        extra.connect(endpoint)
+        return extra
+
     flusher = _Flusher()
-    channel = _Channel(sock, out_r, err_r, flusher)
+    channel = _Channel(sock, out_r, err_r, flusher, side)
     _Pump(channel, flusher).start()
     loop = Loop(engine, channel)
     signal.signal(signal.SIGINT, _on_sigint(loop))

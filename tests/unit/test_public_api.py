@@ -68,4 +68,4 @@ def test_enum_values_are_wire_names():
     assert {e.value for e in KernelEvents} == {
         "stream", "display_data", "update_display_data", "execute_result", "execute_error",
         "clear_output", "input_request", "execution_stalled", "kernel_died",
-        "kernel_restarted", "kernel_terminated", "*"}
+        "kernel_restarted", "kernel_terminated", "comm_open", "comm_msg", "comm_close", "*"}

@@ -1,0 +1,206 @@
+"""JupyterLab 4.6 in a real browser runs a kerneld kernel: a notebook cell plots, and the PNG
+is rendered.
+
+The whole stack a notebook user has: `jupyter lab` (from `.venv-clients`) on 127.0.0.1 with
+a token and JUPYTER_PATH at the kerneld kernelspec, Debian's `chromium` (headless) driven by
+its `chromedriver` through selenium. Selenium lives in `.venv-clients`, not in the daemon's
+environment, so the browser part is a small script run by `.venv-clients/bin/python` (below,
+`BROWSER`); the test starts the server, runs the script, and checks what it reports and what
+the daemon holds. The screenshot is kept as a test artefact: `tests/artifacts/
+jupyterlab-plot.png` (gitignored).
+
+Chromium as root refuses to start without `--no-sandbox` (its own sandbox needs an
+unprivileged user); that sandbox protects the browser, not the kernel under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENTS = ROOT / ".venv-clients" / "bin"
+ARTIFACT = ROOT / "tests" / "artifacts" / "jupyterlab-plot.png"
+
+pytestmark = [pytest.mark.timeout(150)]
+
+PLOT = """\
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(4, 3))
+ax.plot([1, 3, 2, 4], marker="o")
+ax.set_title("kerneld in JupyterLab")
+plt.show()
+"""
+
+# Runs in .venv-clients: open the notebook, run its cell with Shift+Enter, wait for the image,
+# save a screenshot, print what was rendered as one JSON line.
+BROWSER = r"""
+import json, sys
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+url, shot, profile = sys.argv[1:4]
+opts = Options()
+opts.binary_location = "/usr/bin/chromium"
+for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--no-first-run", "--disable-extensions", "--window-size=1280,900",
+            f"--user-data-dir={profile}"):
+    opts.add_argument(arg)
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+try:
+    driver.get(url)
+    editor = WebDriverWait(driver, 60).until(EC.element_to_be_clickable(
+        (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-CodeCell .cm-content")))
+    editor.click()
+    ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+    img = WebDriverWait(driver, 60).until(EC.presence_of_element_located(
+        (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-OutputArea-output img")))
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0", img))
+    info = driver.execute_script(
+        "const i = arguments[0];"
+        "const out = i.closest('.jp-OutputArea-output');"
+        "const k = document.querySelector('.jp-NotebookPanel .jp-KernelName,"
+        " .jp-NotebookPanel .jp-Toolbar-kernelName');"
+        "return {src: i.src.slice(0, 22), width: i.naturalWidth, height: i.naturalHeight,"
+        " mime: out && out.getAttribute('data-mime-type'),"
+        " kernel: k && k.textContent,"
+        " errors: document.querySelectorAll('.jp-NotebookPanel [data-mime-type="
+        "\"application/vnd.jupyter.stderr\"]').length}", img)
+    driver.save_screenshot(shot)
+    print(json.dumps(info), flush=True)
+except Exception:
+    driver.save_screenshot(shot)
+    raise
+finally:
+    driver.quit()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Lab:
+    """`jupyter lab` on 127.0.0.1 with a token, its state in the test's directory."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.port, self.token, self.workdir = _free_port(), secrets.token_hex(16), workdir
+        env = {**env, "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
+               "JUPYTER_CONFIG_DIR": str(workdir / "config"),
+               "JUPYTERLAB_SETTINGS_DIR": str(workdir / "lab-settings"),
+               "JUPYTERLAB_WORKSPACES_DIR": str(workdir / "lab-workspaces")}
+        self.log_path = workdir / "lab.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(
+            [str(CLIENTS / "jupyter"), "lab", "--no-browser", "--allow-root",
+             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
+             "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
+             f"--ServerApp.root_dir={workdir / 'notebooks'}"],
+            env=env, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(self, method: str, path: str) -> tuple[int, Any]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
+                                     headers={"Authorization": f"token {self.token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> Lab:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"jupyter lab exited:\n{self.log}"
+            try:
+                if self.request("GET", "/api")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"jupyter lab not answering in {timeout} s:\n{self.log}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def lab(jupyter_kernel: Any, tmp_path: Path) -> Iterator[Lab]:
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    notebook = {"cells": [{"cell_type": "code", "execution_count": None, "id": "plot",
+                           "metadata": {}, "outputs": [], "source": jupyter_kernel.plot_code}],
+                "metadata": {"kernelspec": {"name": jupyter_kernel.name, "language": "python",
+                                            "display_name": jupyter_kernel.name}},
+                "nbformat": 4, "nbformat_minor": 5}
+    (notebooks / "plot.ipynb").write_text(json.dumps(notebook))
+    server = Lab(jupyter_kernel.env, tmp_path)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.close()
+
+
+def test_jupyterlab_notebook_plots_in_chromium(lab: Lab, jupyter_kernel: Any,
+                                               tmp_path: Path) -> None:
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    ARTIFACT.unlink(missing_ok=True)
+    url = f"http://127.0.0.1:{lab.port}/lab/tree/plot.ipynb?token={lab.token}"
+    proc = subprocess.run([str(CLIENTS / "python"), "-c", BROWSER, url, str(ARTIFACT),
+                           str(tmp_path / "chromium-profile")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    print(f"JupyterLab screenshot: {ARTIFACT}")
+    assert proc.returncode == 0, (f"browser script failed ({proc.returncode}); screenshot "
+                                  f"{ARTIFACT}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+                                  f"\nlab log:\n{lab.log[-3000:]}")
+    rendered = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"rendered: {rendered}")
+    assert rendered["src"] == "data:image/png;base64,", rendered
+    assert rendered["mime"] == "image/png", rendered
+    assert rendered["width"] >= 100 and rendered["height"] >= 100, rendered
+    assert rendered["errors"] == 0, rendered
+    assert ARTIFACT.stat().st_size > 10_000
+
+    # the notebook's kernel is the kerneld kernelspec's, and the daemon holds it
+    status, specs = lab.request("GET", "/api/kernelspecs")
+    display = specs["kernelspecs"][jupyter_kernel.name]["spec"]["display_name"]
+    assert rendered["kernel"] and display in rendered["kernel"], (display, rendered)
+    status, kernels = lab.request("GET", "/api/kernels")
+    assert status == 200 and [k["name"] for k in kernels] == [jupyter_kernel.name], kernels
+    jupyter_kernel.expect_daemon_kernels(1)
+    status, _ = lab.request("DELETE", f"/api/kernels/{kernels[0]['id']}")
+    assert status == 204
+    jupyter_kernel.expect_daemon_kernels(0)
