@@ -57,8 +57,8 @@ def cap(cpus: float | None) -> int:
                 return set(cpu_set)
             return real_getaffinity(pid)
 
-        os.cpu_count = lambda: n  # type: ignore[assignment]
-        os.sched_getaffinity = sched_getaffinity  # type: ignore[assignment]
+        os.cpu_count = lambda: n
+        os.sched_getaffinity = sched_getaffinity
     return n
 
 

@@ -60,6 +60,7 @@ from typing import Any
 import zmq
 
 from kerneld import protocol as p
+from kerneld.runtime import threads
 from kerneld.runtime.engine import Engine, failure
 from kerneld.runtime.serve import Loop, OutputCap
 
@@ -210,7 +211,8 @@ class _Channel:
 
     def activate(self, env: dict[str, str]) -> None:
         os.environ.clear()
-        os.environ.update(env)
+        os.environ.update(threads.env())  # the CPU allowance's thread counts; the kernel's
+        os.environ.update(env)            # own env wins
 
     # -- the pump's and input()'s -------------------------------------------------------------
 

@@ -61,7 +61,7 @@ import prctl
 
 import sandbox
 from kerneld import protocol as p
-from kerneld.runtime import heap, worker
+from kerneld.runtime import heap, threads, warm, worker
 from kerneld.runtime.engine import Engine
 
 EXIT_SANDBOX = 70   # the child could not apply its sandbox: never respawn automatically
@@ -126,6 +126,7 @@ class Zygote:
             self.engine = Engine()
             self.engine.hold_traps()
             self.engine.warm()
+            warm.warm_plot()
         finally:
             shutil.rmtree(ipython_dir, ignore_errors=True)
         self.children: dict[int, int] = {}   # boot-status read fd → pid
@@ -270,6 +271,7 @@ class Zygote:
             os.dup2(self.devnull, 1)
             if policy is not None:
                 self._confine(policy, status_w)
+                threads.cap(policy.limits.cpu_shares)  # before any of the kernel's code
             else:
                 os.environ.clear()  # the environment arrives with Activate
                 if req.cwd:
