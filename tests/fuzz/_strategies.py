@@ -156,6 +156,29 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "permissions": weighted((4, st.none()), (3, PERMISSIONS)),
     "limits": weighted((4, st.none()), (3, LIMITS)),
     "inactivity_timeout": SECONDS, "max_execution_time": SECONDS,
+    # Jupyter's extras (issue 13): user_expressions, history, comms
+    "user_expressions": weighted((4, st.none()), (3, st.dictionaries(
+        KEYS, st.sampled_from(["1+1", "x", "1/0", "import os", "", "'a' * 10"]), max_size=3)),
+        (1, st.dictionaries(KEYS, ANY, max_size=3))),
+    "hist_access_type": _text_or((6, st.sampled_from(["tail", "range", "search"]))),
+    "output": st.booleans(), "raw": st.booleans(), "unique": st.booleans(),
+    "session": weighted((4, st.integers(-2, 2)), (1, INTS)),
+    "start": weighted((4, st.integers(0, 5)), (1, INTS)),
+    "stop": weighted((2, st.none()), (3, st.integers(0, 10)), (1, INTS)),
+    "n": weighted((2, st.none()), (3, st.integers(0, 10)), (1, INTS)),
+    "pattern": weighted((2, st.none()), (3, st.sampled_from(["*", "x*", "?", "[a-", "*1+1*"])),
+                        (1, TEXT)),
+    "target_name": weighted((3, st.none()), (2, st.sampled_from(["jupyter.widget", "echo"])),
+                            (1, TEXT)),
+    "msg_type": _text_or((6, st.sampled_from(["comm_open", "comm_msg", "comm_close"]))),
+    "content": weighted((4, st.fixed_dictionaries(
+        {"comm_id": _text_or((4, st.sampled_from(["c1", "c2"])))},
+        optional={"target_name": st.sampled_from(["jupyter.widget", "echo", "nope"]),
+                  "data": st.dictionaries(KEYS, ANY, max_size=3)})),
+        (1, st.dictionaries(KEYS, ANY, max_size=3))),
+    "metadata": weighted((3, st.none()), (1, st.dictionaries(KEYS, ANY, max_size=2))),
+    "buffers": weighted((3, st.none()), (2, st.lists(st.binary(max_size=64), max_size=3)),
+                        (1, st.lists(ANY, max_size=2))),
 }
 assert {a for op in OPS.values() for a in op.args} <= VALID.keys(), "an argument has no domain"
 
