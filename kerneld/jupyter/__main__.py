@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import uuid
 
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
                              "default socket)")
     parser.add_argument("--debug", action="store_true", help="debug logs on stderr")
     args = parser.parse_args(argv)
+    # A client's interrupt (SIGINT to our process group) may come before the kernel exists:
+    # it must not kill the adapter with a traceback; the loop's handler replaces this.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -14,6 +14,8 @@ Reuse (any test module in tests/jupyter):
                                           # all with the `default` profile; AssertionError if not
         jupyter_kernel.plot_code          # a cell that displays a matplotlib figure (image/png)
 
+`client_env(daemon, prefix, home)` builds such an env for a daemon of your own.
+
 The clients (jupyter_client, jupyter_kernel_test, nbclient, papermill, ...) are not in the
 daemon's `.venv`: they live in `.venv-clients` (tests/envs/jupyter-clients.txt, built by
 scripts/setup-test-envs.sh) and run as subprocesses: `CLIENT_PYTHON`, and `run_inner()` runs a
@@ -92,7 +94,7 @@ class JupyterKernel:
         return kernels
 
 
-def _client_env(daemon: Daemon, prefix: Path, home: Path) -> dict[str, str]:
+def client_env(daemon: Daemon, prefix: Path, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("KERNELD_", "JUPYTER_", "PYTEST_"))}
     env.update({
@@ -121,7 +123,7 @@ def jupyter_kernel() -> Iterator[JupyterKernel]:
              "--profile", "default", "--address", daemon.address],
             capture_output=True, text=True, timeout=60, check=False, cwd=str(ROOT))
         assert done.returncode == 0, done.stderr
-        yield JupyterKernel(daemon, _client_env(daemon, prefix, home), KERNEL_NAME, prefix)
+        yield JupyterKernel(daemon, client_env(daemon, prefix, home), KERNEL_NAME, prefix)
     finally:
         daemon.close()
         subprocess.run(["rm", "-rf", str(home)], check=False)

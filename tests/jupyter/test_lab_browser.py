@@ -44,8 +44,9 @@ ax.set_title("kerneld in JupyterLab")
 plt.show()
 """
 
-# Runs in .venv-clients: open the notebook, run its cell with Shift+Enter, wait for the image,
-# save a screenshot, print what was rendered as one JSON line.
+# Runs in .venv-clients: open the notebook, wait for its kernel (status bar "| Idle"), run its
+# cell with Shift+Enter, wait for the image, save a screenshot, print what was rendered as one
+# JSON line.
 BROWSER = r"""
 import json, sys
 from selenium import webdriver
@@ -60,6 +61,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 url, shot, profile = sys.argv[1:4]
 opts = Options()
 opts.binary_location = "/usr/bin/chromium"
+opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
 for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--no-first-run", "--disable-extensions", "--window-size=1280,900",
             f"--user-data-dir={profile}"):
@@ -67,6 +69,10 @@ for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-sh
 driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 try:
     driver.get(url)
+    # the notebook's session has its kernel (Lab silently drops a run before that)
+    WebDriverWait(driver, 60).until(lambda d: any(
+        e.text.endswith("| Idle") for e in d.find_elements(By.CSS_SELECTOR,
+                                                           ".jp-StatusBar-TextItem")))
     editor = WebDriverWait(driver, 60).until(EC.element_to_be_clickable(
         (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-CodeCell .cm-content")))
     editor.click()
@@ -89,6 +95,12 @@ try:
     print(json.dumps(info), flush=True)
 except Exception:
     driver.save_screenshot(shot)
+    print("prompts:", [e.text for e in driver.find_elements(
+        By.CSS_SELECTOR, ".jp-NotebookPanel .jp-InputArea-prompt")], file=sys.stderr)
+    print("status:", [e.text for e in driver.find_elements(
+        By.CSS_SELECTOR, ".jp-StatusBar-TextItem")], file=sys.stderr)
+    for entry in driver.get_log("browser")[-30:]:
+        print("console:", entry.get("level"), entry.get("message", "")[:300], file=sys.stderr)
     raise
 finally:
     driver.quit()
@@ -172,6 +184,11 @@ def lab(jupyter_kernel: Any, tmp_path: Path) -> Iterator[Lab]:
         yield server.wait_ready()
     finally:
         server.close()
+        # shown by pytest only when the test failed: what the server and the adapter logged
+        print("--- jupyter lab log (warnings, errors, kerneld lines):")
+        print("\n".join(line for line in server.log.splitlines()
+                        if not line.startswith("[I ") or "kerneld" in line)[-6000:])
+        print("--- daemon log (tail):\n" + jupyter_kernel.daemon.log[-4000:])
 
 
 def test_jupyterlab_notebook_plots_in_chromium(lab: Lab, jupyter_kernel: Any,
@@ -184,8 +201,7 @@ def test_jupyterlab_notebook_plots_in_chromium(lab: Lab, jupyter_kernel: Any,
                           capture_output=True, text=True, timeout=120, check=False)
     print(f"JupyterLab screenshot: {ARTIFACT}")
     assert proc.returncode == 0, (f"browser script failed ({proc.returncode}); screenshot "
-                                  f"{ARTIFACT}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-                                  f"\nlab log:\n{lab.log[-3000:]}")
+                                  f"{ARTIFACT}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     rendered = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"rendered: {rendered}")
     assert rendered["src"] == "data:image/png;base64,", rendered

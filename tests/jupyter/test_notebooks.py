@@ -17,8 +17,11 @@ INNER = ["test_nbclient_runs_a_notebook", "test_nbclient_stops_at_an_error_witho
 @pytest.fixture(scope="module")
 def inner(jupyter_kernel: JupyterKernel) -> InnerRun:
     run = run_inner("notebooks.py", jupyter_kernel, timeout=240)
-    jupyter_kernel.expect_daemon_kernels(0)
     return run
+
+
+def test_nothing_left_in_the_daemon(inner: InnerRun, jupyter_kernel: JupyterKernel) -> None:
+    jupyter_kernel.expect_daemon_kernels(0)
 
 
 def test_every_inner_test_is_listed(inner: InnerRun) -> None:

@@ -279,3 +279,57 @@ def test_bad_signatures_are_dropped(km: KernelManager) -> None:
     finally:
         intruder.stop_channels()
         kc.stop_channels()
+
+
+def test_process_group_kill_leaves_no_kernel(km: KernelManager) -> None:
+    """`shutdown_kernel(now=True)` SIGKILLs the adapter's whole process group (jupyter_client's
+    provisioner); the reaper runs in its own session, survives it and destroys the kernel."""
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=TIMEOUT)
+    kc.stop_channels()
+    wait_kernels(1)
+    km.shutdown_kernel(now=True)
+    wait_kernels(0, timeout=20)
+
+
+def test_heartbeat_and_control_channel(km: KernelManager) -> None:
+    """The heartbeat answers, and kernel_info/connect are answered on control too (Jupyter
+    Server's nudge asks there)."""
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=TIMEOUT)
+        time.sleep(1.5)  # the heartbeat channel pings every second
+        assert kc.hb_channel.is_beating()
+        msg = kc.session.msg("kernel_info_request")
+        kc.control_channel.send(msg)
+        reply = kc.get_control_msg(timeout=TIMEOUT)
+        assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
+        assert reply["content"]["implementation"] == "kerneld"
+        assert reply["content"]["language_info"]["name"] == "python"
+        assert "debugger" not in reply["content"]["supported_features"]
+    finally:
+        kc.stop_channels()
+
+
+def test_unknown_requests_get_busy_idle_only(km: KernelManager) -> None:
+    """As ipykernel: an unknown request type is logged, wrapped in busy/idle, not answered,
+    and the kernel goes on."""
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=TIMEOUT)
+        msg = kc.session.msg("no_such_request", {"x": 1})
+        kc.shell_channel.send(msg)
+        states = []
+        while len(states) < 2:
+            got = kc.get_iopub_msg(timeout=TIMEOUT)
+            if got["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+                states.append(got["content"]["execution_state"])
+        assert states == ["busy", "idle"]
+        with pytest.raises(Empty):
+            kc.get_shell_msg(timeout=0.5)
+        assert value(kc, "1 + 1") == 2
+    finally:
+        kc.stop_channels()
