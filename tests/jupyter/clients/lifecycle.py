@@ -1,5 +1,5 @@
 """A kerneld kernelspec kernel's life through jupyter_client 8.10 (run under .venv-clients by
-tests/jupyter/test_lifecycle.py): confinement seen from inside, the daemon's view (`kerneld
+tests/jupyter/test_jupyter_lifecycle.py): confinement seen from inside, the daemon's view (`kerneld
 ls`), interrupt by SIGINT, restart, shutdown, the adapter killed, the kernel killed, stdin,
 and comms both ways with binary buffers."""
 
