@@ -12,9 +12,12 @@ import pytest
 from _attack_support import HOST, Case, Err, Ok, ids, run_on_host, with_child
 from conftest import SECRET_ENV, SECRET_VALUE
 
+from kerneld.runtime.threads import THREAD_VARS
+
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-ALLOWED_ENV = {"PATH", "HOME", "LANG", "MPLBACKEND", "MPLCONFIGDIR"}
+# the thread counts of the CPU allowance (kerneld/runtime/threads.py) are set for every kernel
+ALLOWED_ENV = {"PATH", "HOME", "LANG", "MPLBACKEND", "MPLCONFIGDIR", *THREAD_VARS}
 
 
 def p(lab) -> dict:
