@@ -133,10 +133,14 @@ class HyphaConfig:
     server_url / workspace / token (or token_file, preferred: the file can be 0600 while the
     config is world-readable): where to register; None until set (`kerneld hypha` refuses to
     start without them). service_id: the id every host registers (default "kerneld");
-    client_id: this host's unique Hypha client id (None: kerneld-<hostname>-<pid>).
+    client_id: this host's unique Hypha client id (None: kerneld-<hostname>, the same after a
+    restart, so the host comes back as the same instance).
     visibility: "public" (any workspace may call) or "protected" (only `authorized_workspaces`).
     profiles: the profiles Hypha callers may name. Per workspace and host:
-    max_kernels_per_workspace, max_executions_per_workspace (running or queued).
+    max_kernels_per_workspace, max_executions_per_workspace (running or queued); per host:
+    max_kernels (all kernels made through Hypha). allow_anonymous: whether anonymous Hypha
+    users (a fresh workspace per connection, so per-workspace quotas do not bound them) may
+    create kernels.
     inactivity_timeout: seconds, for kernels created through Hypha that ask for none (the seed's
     10 minutes); max_inactivity_timeout caps what a caller may ask for.
     results_ttl / max_results_per_workspace: how long and how many executeCode results are kept.
@@ -154,6 +158,8 @@ class HyphaConfig:
     profiles: tuple[str, ...] = ("default",)
     max_kernels_per_workspace: int = 16
     max_executions_per_workspace: int = 32
+    max_kernels: int = 64
+    allow_anonymous: bool = False
     inactivity_timeout: float = 600.0
     max_inactivity_timeout: float = 86400.0
     results_ttl: float = 600.0
@@ -467,6 +473,8 @@ _KEYS: dict[str, dict[str, _Key]] = {
         "max_kernels_per_workspace": _Key("hypha", "max_kernels_per_workspace", _int(1), "int"),
         "max_executions_per_workspace": _Key("hypha", "max_executions_per_workspace", _int(1),
                                              "int"),
+        "max_kernels": _Key("hypha", "max_kernels", _int(1), "int"),
+        "allow_anonymous": _Key("hypha", "allow_anonymous", _bool, "bool"),
         "inactivity_timeout": _Key("hypha", "inactivity_timeout", _seconds_min(1.0), "float"),
         "max_inactivity_timeout": _Key("hypha", "max_inactivity_timeout", _seconds_min(1.0),
                                        "float"),

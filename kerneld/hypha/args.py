@@ -9,11 +9,19 @@ seed's own `inactivity_timeout`) are accepted next to camelCase, and a mistyped 
 is refused with a message naming the function and the key (a typo must not silently do
 nothing).
 
-Kernel ids and tenancy: `scoped_kernel_id` turns what a caller passes into the daemon's id in
-the caller's namespace (the caller's Hypha workspace): `"<ns>:<id>"` as given, or a bare id
-prefixed, as the seed's `ensureKernelId` did. An id naming any other namespace is "not found",
-with the same words as a kernel that does not exist (never "access denied", which would tell
-that it exists).
+Kernel ids and tenancy: workspace `WS` owns the daemon namespace `hypha.WS`
+(`daemon_namespace`), never `WS` itself. The attach process talks to the daemon as root, so
+the daemon's per-owner filtering does not separate it from other local users of kerneld; a
+Hypha user could otherwise create a workspace named like a local namespace ("jupyter", the
+Jupyter adapter's, or any other) and list, run code in or destroy those kernels. The prefix
+`hypha.` cannot come out of a Hypha workspace id (they hold no '.'), so no workspace maps onto
+a namespace another adapter or local user makes by accident (a local root user can still
+create kernels under `hypha.` on purpose: the prefix is reserved for this adapter, see
+docs/hypha.md). Callers keep seeing the seed's ids, `"<WS>:<id>"` (`public_id`);
+`scoped_kernel_id` turns what a caller passes (`"<WS>:<id>"`, or a bare id, as the seed's
+`ensureKernelId` took) into the daemon's `"hypha.<WS>:<id>"`. An id naming any other
+namespace is "not found", with the same words as a kernel that does not exist (never "access
+denied", which would tell that it exists).
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ from typing import Any
 from kerneld.errors import InvalidArgument, KernelNotFound, shown
 
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")  # kerneld's id and namespace alphabet
+PREFIX = "hypha."                                # the daemon namespaces of Hypha workspaces
+_WS_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{128 - len(PREFIX)}}}")  # no '.', room for PREFIX
+_INTERNAL_RE = re.compile(r"(?<![A-Za-z0-9._-])hypha\.(?=[A-Za-z0-9_-]+:)")
 
 
 def camel(name: str) -> str:
@@ -119,22 +130,37 @@ class Args:
 
 
 def namespace_of(context: Any) -> str:
-    """The caller's namespace: its Hypha workspace (`context["ws"]`, set by the server from
-    the caller's connection; a caller cannot choose it)."""
+    """The caller's workspace (`context["ws"]`, set by the server from the caller's
+    connection; a caller cannot choose it). Quotas and results are kept per workspace; the
+    daemon sees it as `daemon_namespace(ws)`."""
     ws = context.get("ws") if isinstance(context, dict) else None
     if not isinstance(ws, str) or not ws:
         raise InvalidArgument("this call carries no Hypha caller context (the service must be "
                               "registered with require_context)")
-    if not _ID_RE.fullmatch(ws):
-        raise InvalidArgument(f"workspace {shown(ws)} cannot be a kerneld namespace (it must "
-                              "be 1-128 characters of A-Z a-z 0-9 . _ -)")
+    if not _WS_RE.fullmatch(ws):
+        raise InvalidArgument(f"workspace {shown(ws)} cannot be served by kerneld (its id must "
+                              f"be 1-{128 - len(PREFIX)} characters of A-Z a-z 0-9 _ -)")
     return ws
 
 
-def scoped_kernel_id(given: str, namespace: str) -> str:
-    """The daemon's id of kernel `given` in `namespace`, or KernelNotFound."""
-    prefix = namespace + ":"
-    short = given.removeprefix(prefix)
+def daemon_namespace(ws: str) -> str:
+    """The daemon namespace of workspace `ws`'s kernels (see the module docstring)."""
+    return PREFIX + ws
+
+
+def public_id(kernel_id: str) -> str:
+    """The id a caller sees for the daemon's kernel `kernel_id`: `<WS>:<id>`."""
+    return kernel_id.removeprefix(PREFIX)
+
+
+def public_text(text: str) -> str:
+    """`text` (a daemon error message) with the daemon's ids shown as callers know them."""
+    return _INTERNAL_RE.sub("", text)
+
+
+def scoped_kernel_id(given: str, ws: str) -> str:
+    """The daemon's id of kernel `given` of workspace `ws`, or KernelNotFound."""
+    short = given.removeprefix(ws + ":")
     if not _ID_RE.fullmatch(short):
         raise KernelNotFound(f"kernel {shown(given)} not found")
-    return prefix + short
+    return f"{daemon_namespace(ws)}:{short}"

@@ -23,9 +23,11 @@ Liveness and faults:
   the reconnection (or the first connection fails), `_connect` starts over with its own
   back-off (1 s doubling to 30 s).
 - every `SWEEP` seconds: executeCode results past their time, streams whose caller stopped
-  reading (`[hypha] stream_idle_timeout`).
+  reading (`[hypha] stream_idle_timeout`); and, while the daemon is up but this host is not
+  listed (a registration that failed: the server was slow, down or refused it), registering
+  again.
 
-Shutdown (SIGTERM, SIGINT): unregister (no new calls), end the calls and streams in flight
+Shutdown (SIGTERM, SIGINT), also while still connecting: unregister (no new calls), end the calls and streams in flight
 with "host … is shutting down" (closing the daemon client fails them), give those errors
 0.3 s to reach their callers, disconnect. Kernels stay in the daemon.
 """
@@ -67,7 +69,12 @@ class Settings:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Read `[hypha]` (and the daemon's address) from the config file and environment, then
-    the command-line options; ConfigError names what is missing or wrong."""
+    the command-line options; ConfigError names what is missing or wrong.
+
+    The token: the most specific source wins, as for every other setting — the command line
+    (`--token`, then `--token-file`), then the environment (`KERNELD_HYPHA_TOKEN`, then
+    `KERNELD_HYPHA_TOKEN_FILE`), then the file (`token`, then `token_file`). So an operator's
+    `--token-file` is used even when the file also has a `[hypha] token`."""
     path = getattr(args, "config", None) or os.environ.get("KERNELD_CONFIG") or None
     overrides: dict[str, Any] = {}
     for option, key in (("server_url", "server_url"), ("workspace", "workspace"),
@@ -83,19 +90,38 @@ def settings_from(args: argparse.Namespace) -> Settings:
     for key, flag in (("server_url", "--server-url"), ("workspace", "--workspace")):
         if getattr(hypha, key) is None:
             raise ConfigError(f"kerneld hypha needs {flag} (or [hypha] {key})")
-    token = hypha.token
-    if token is None and hypha.token_file is not None:
-        try:
-            with open(hypha.token_file) as f:
-                token = f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"hypha.token_file: cannot read {hypha.token_file}: "
-                              f"{exc.strerror or exc}") from None
+    token = _token(args, hypha)
     if not token:
         raise ConfigError("kerneld hypha needs --token or --token-file (or [hypha] token / "
                           "token_file): a read_write token of the fleet's workspace")
-    client_id = hypha.client_id or f"kerneld-{socket.gethostname()}-{os.getpid()}"
+    client_id = hypha.client_id or default_client_id()
     return Settings(hypha, token, client_id, config.address)
+
+
+def default_client_id() -> str:
+    """`kerneld-<hostname>`: unique per host (hostnames of a fleet are), and the same after a
+    restart, so a restarted host comes back as the same instance id."""
+    host = "".join(c if c.isalnum() or c in "_-" else "-" for c in socket.gethostname())
+    return f"kerneld-{host.strip('-') or 'host'}"
+
+
+def _token(args: argparse.Namespace, hypha: HyphaConfig) -> str | None:
+    """The host token from the most specific source (see `settings_from`)."""
+    env = os.environ
+    for token, path in ((getattr(args, "token", None), getattr(args, "token_file", None)),
+                        (env.get("KERNELD_HYPHA_TOKEN") or None,
+                         env.get("KERNELD_HYPHA_TOKEN_FILE") or None),
+                        (hypha.token, hypha.token_file)):
+        if token:
+            return str(token)
+        if path:
+            try:
+                with open(path) as f:
+                    return f.read().strip()
+            except OSError as exc:
+                raise ConfigError(f"hypha.token_file: cannot read {path}: "
+                                  f"{exc.strerror or exc}") from None
+    return None
 
 
 class Attachment:
@@ -121,10 +147,24 @@ class Attachment:
         delay = BACKOFF[0]
         while not self._stop.is_set():
             try:
-                self.server = await connect_to_server({
+                # raced against SIGTERM: a server that accepts the connection and then stalls
+                # must not keep a stopped process alive
+                attempt = asyncio.ensure_future(connect_to_server({
                     "server_url": cfg.server_url, "workspace": cfg.workspace,
                     "token": self.settings.token, "client_id": self.settings.client_id,
-                    "name": f"kerneld host {self.settings.client_id}"})
+                    "name": f"kerneld host {self.settings.client_id}"}))
+                stop = asyncio.ensure_future(self._stop.wait())
+                await asyncio.wait({attempt}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if not attempt.done():
+                    attempt.cancel()
+                    with contextlib.suppress(BaseException):
+                        await attempt
+                    log.info("stopped while connecting to hypha server=%s", cfg.server_url)
+                    return
+                self.server = attempt.result()
+                if self._stop.is_set():
+                    return
                 log.info("connected to hypha server=%s workspace=%s client_id=%s",
                          cfg.server_url, cfg.workspace, self.settings.client_id)
                 return
@@ -217,6 +257,9 @@ class Attachment:
                 ticks += 1
                 if ticks % UNLIST_EVERY == 0:
                     await self._keep_unlisted()
+                if (self.link.up and not self.listed and self.server is not None
+                        and not self._stop.is_set()):
+                    await self.advertise(True)   # a registration that failed: retry
                 if self.server is not None and self._connection_closed():
                     log.warning("hypha connection closed for good; connecting again")
                     self.advertised, self.listed = None, False

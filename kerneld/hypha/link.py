@@ -16,9 +16,19 @@ the connection dropping; the watch marks the link down after one status that fai
 the daemon is not connected (≤ interval + CONNECT_TIMEOUT, ~1.5 s), or after SLOW_STRIKES
 statuses in a row slower than STATUS_DEADLINE (a daemon that is connected but does not answer:
 frozen, or a host so busy that placing kernels there is wrong anyway), and calls
-`on_change(False)` so the attach process stops advertising. While
-down, every probe uses a *fresh* client (a dead ipc socket fails at once, without waiting for
-a reconnection), and the first that answers replaces the old one and calls `on_change(True)`.
+`on_change(False)` so the attach process stops advertising. Marking the link down closes its
+client, so every request still waiting on it (a frozen daemon answers none) fails at once with
+`DaemonUnavailable` instead of hanging. While down, every probe uses a *fresh* client (a dead
+ipc socket fails at once, without waiting for a reconnection), and the first that answers
+replaces the old one and calls `on_change(True)`. Any exception in a probe counts as a failed
+probe. `on_change` (registering with Hypha, which may be slow or down) runs in a task of its
+own, so it never delays the next probe; it is called with the state current when it runs,
+again until it has seen the latest one.
+
+Every request but an execution's stream has a deadline of REQUEST_TIMEOUT (the client's
+`timeout`): a daemon that accepts a request and never answers cannot hold a Hypha caller
+(nor this process's sweep) forever. Streams are bounded by the execution, which the caller
+can interrupt, and by the link going down.
 
 Failure modes: every error a service function gets from the daemon goes through `failure()`,
 which turns `DaemonUnavailable` into a message naming this host and its daemon's address
@@ -35,13 +45,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kerneld.client import AsyncClient
-from kerneld.errors import DaemonUnavailable, KernelError
+from kerneld.errors import DaemonUnavailable
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 1.0   # a daemon not connected for this long is gone (DaemonUnavailable)
 STATUS_DEADLINE = 2.0   # a connected daemon's status slower than this is one "slow" strike
 SLOW_STRIKES = 3        # consecutive slow statuses before a connected daemon counts as gone
+REQUEST_TIMEOUT = 30.0  # seconds any one request (not a stream) may wait for the daemon
 
 
 class DaemonLink:
@@ -51,7 +62,8 @@ class DaemonLink:
                  factory: Callable[[str | None], AsyncClient] | None = None) -> None:
         self.host = host
         self.interval = interval
-        self._factory = factory or (lambda a: AsyncClient(a, connect_timeout=CONNECT_TIMEOUT))
+        self._factory = factory or (lambda a: AsyncClient(a, connect_timeout=CONNECT_TIMEOUT,
+                                                          timeout=REQUEST_TIMEOUT))
         self.client = self._factory(address)
         self.address = self.client.address
         self.up = False
@@ -63,6 +75,7 @@ class DaemonLink:
         self._slow = 0         # consecutive statuses past STATUS_DEADLINE
         self.on_change: Callable[[bool], Awaitable[None]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._notifier: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
     # ------------------------------------------------------------------ what callers use
@@ -95,7 +108,8 @@ class DaemonLink:
         if isinstance(exc, DaemonUnavailable) and self.closing:
             return self._closing()
         if isinstance(exc, DaemonUnavailable):
-            self.reason = str(exc)
+            if self.up:
+                self.reason = str(exc)
             return DaemonUnavailable(f"kerneld host {self.host}: lost its daemon at "
                                      f"{self.address} during the request ({exc})")
         return exc
@@ -133,7 +147,7 @@ class DaemonLink:
             status = await asyncio.wait_for(client.status(), STATUS_DEADLINE)
             counts = status.get("kernels") or {}
             kernels = int(counts.get("total", 0)) - int(counts.get("dead", 0))
-        except (KernelError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the probe failed
             if client is not self.client:
                 await _close(client)
             if isinstance(exc, TimeoutError) and self.up:
@@ -142,7 +156,11 @@ class DaemonLink:
                     return
             if self.up:
                 self.reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                self._slow = 0
                 await self._set(False)
+                # requests still waiting on the old client fail now, naming this host,
+                # instead of waiting for a frozen daemon (the next probe makes a new client)
+                pass
             return
         self._slow = 0
         if client is not self.client:
@@ -162,15 +180,33 @@ class DaemonLink:
             log.warning("daemon unavailable host=%s address=%s reason=%s", self.host,
                         self.address, self.reason)
         self._changed.set()
-        if self.on_change is not None:
-            await self.on_change(up)
+        if self.on_change is not None and (self._notifier is None or self._notifier.done()):
+            self._notifier = asyncio.create_task(self._notify(), name="kerneld-hypha-advertise")
+
+    async def _notify(self) -> None:
+        """Tell `on_change` the current state until it has seen the latest (the state may
+        change again while a slow Hypha server handles a registration)."""
+        told: bool | None = None
+        while self.on_change is not None and told != self.up:
+            told = self.up
+            try:
+                await self.on_change(told)
+            except Exception:  # a failed registration is retried by the attach process's sweep
+                log.exception("advertising the daemon's state failed host=%s", self.host)
+
+    async def wait_notified(self) -> None:
+        """Until `on_change` has been told the latest state (the attach process's start)."""
+        if self._notifier is not None:
+            with contextlib.suppress(Exception):
+                await self._notifier
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._notifier):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._notifier = None
         await _close(self.client)
 
 

@@ -11,11 +11,15 @@ getInactivityTimerStatus, setInactivityTimeout, resetInactivityTimer, getStatus,
 getExecutionResult, streamExecution, getEngineLoad (the seed's), and completeCode, inspectCode,
 inputReply (kerneld's).
 
-Tenancy: the caller's Hypha workspace (`context["ws"]`, set by the server) is the kerneld
-namespace of every kernel it creates; every kernel id is read in that namespace
-(`scoped_kernel_id`), so another workspace's kernel is "not found" in the same words as one
-that does not exist; listings are the namespace's only. Quotas per workspace and host:
-kernels, executions running or queued. Callers name profiles from `[hypha] profiles` only;
+Tenancy: the caller's Hypha workspace WS (`context["ws"]`, set by the server) owns the
+daemon namespace `hypha.WS` (`kerneld.hypha.args`: never WS itself, which a local user or
+another adapter may use); callers see ids `WS:<id>`; every kernel id is read in that
+namespace (`scoped_kernel_id`), so another workspace's kernel, and any kernel made outside
+Hypha, is "not found" in the same words as one that does not exist; listings are the
+namespace's only. Quotas: kernels and executions (running or queued) per workspace and host,
+kernels made through Hypha per host (`max_kernels`); anonymous callers (a fresh workspace
+per connection, which would void per-workspace quotas) create nothing unless
+`allow_anonymous`. Callers name profiles from `[hypha] profiles` only;
 `permissions` and `limits` can only narrow them (the daemon's lowering refuses widening);
 `filesystem` is refused (a remote caller must not name host directories); in-process kernels
 are refused. Kernels get no Hypha token (the seed gave each one a token of the service's own
@@ -32,6 +36,7 @@ once with the same message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -41,8 +46,16 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kerneld.errors import InvalidArgument, KernelError, LimitExceeded, shown
-from kerneld.hypha.args import Args, namespace_of, scoped_kernel_id
+from kerneld.errors import InvalidArgument, KernelError, LimitExceeded, PermissionDenied, shown
+from kerneld.hypha.args import (
+    PREFIX,
+    Args,
+    daemon_namespace,
+    namespace_of,
+    public_id,
+    public_text,
+    scoped_kernel_id,
+)
 from kerneld.hypha.link import DaemonLink
 from kerneld.hypha.state import Execution, InFlight, OpenStream, Results, Streams
 
@@ -102,6 +115,23 @@ def closing_events(result: Any, execution_id: str | None) -> list[dict[str, Any]
     return out
 
 
+def _pending(events: Any) -> bool:
+    """Whether the daemon stream `events` (an async generator) can still yield: not
+    finished (ag_frame is None once it returned or raised)."""
+    return getattr(events, "ag_frame", None) is not None
+
+
+def _public(exc: KernelError) -> KernelError:
+    """`exc` with the daemon's kernel ids (`hypha.WS:<id>`) shown as the caller knows them."""
+    text = public_text(str(exc))
+    if text == str(exc):
+        return exc
+    try:
+        return type(exc)(text)
+    except Exception:  # noqa: BLE001 - an error type with another signature: keep it as is
+        return exc
+
+
 class HostService:
     """The service functions of one host (see the module docstring)."""
 
@@ -129,7 +159,7 @@ class HostService:
         try:
             return await call
         except KernelError as exc:
-            raise self.link.failure(exc) from None
+            raise self.link.failure(_public(exc)) from None
 
     async def _kernel(self, fn: str, params: Any, context: Any, kwargs: dict[str, Any],
                       allowed: tuple[str, ...] = ("kernel_id",)) -> tuple[Args, str, str]:
@@ -148,7 +178,7 @@ class HostService:
         entries.append({"id": execution_id, "script": code[:1000], "outputs": outputs})
 
     def _describe(self, info: dict[str, Any]) -> dict[str, Any]:
-        return {"id": info["id"], "name": _name(info["id"]), "mode": info.get("mode"),
+        return {"id": public_id(info["id"]), "name": _name(info["id"]), "mode": info.get("mode"),
                 "language": "python", "status": info.get("status"),
                 "created": info.get("created"), "profile": info.get("profile"),
                 "executionCount": info.get("execution_count"),
@@ -170,6 +200,12 @@ class HostService:
     async def createKernel(self, params: Any = None, /, *, context: Any = None,
                            **kwargs: Any) -> dict[str, Any]:
         ns = namespace_of(context)
+        user = context.get("user") if isinstance(context, dict) else None
+        if (isinstance(user, dict) and user.get("is_anonymous")
+                and not self.config.allow_anonymous):
+            raise PermissionDenied("createKernel: anonymous Hypha users cannot create kernels "
+                                   "on this host ([hypha] allow_anonymous = false); connect "
+                                   "with a token of your own")
         if isinstance(params, str):   # the seed accepted the mode alone
             params = {"mode": params}
         a = Args("createKernel", params, kwargs,
@@ -192,15 +228,22 @@ class HostService:
         inactivity = self._timeout_ms("createKernel", a.number("inactivity_timeout") or None, ns)
         stall = a.number("max_execution_time")
         client = self.link.require_up()
-        quota = self.config.max_kernels_per_workspace
+        quota, cap = self.config.max_kernels_per_workspace, self.config.max_kernels
         self.inflight.creating[ns] += 1
         try:
-            have = len(await self._daemon(client.list_kernels(namespace=ns)))
+            every = await self._daemon(client.list_kernels())
+            ours = [k for k in every if str(k.get("id", "")).startswith(PREFIX)
+                    and k.get("status") != "dead"]
+            have = sum(1 for k in ours if k.get("namespace") == daemon_namespace(ns))
             if have + self.inflight.creating[ns] - 1 >= quota:
                 raise LimitExceeded(f"createKernel: this workspace has {have} kernels on this "
                                     f"host (limit [hypha] max_kernels_per_workspace = {quota})")
+            if len(ours) + sum(self.inflight.creating.values()) - 1 >= cap:
+                raise LimitExceeded(f"createKernel: this host has {len(ours)} kernels made "
+                                    f"through Hypha (limit [hypha] max_kernels = {cap})")
             kernel_id = await self._daemon(client.create_kernel(
-                id=a.string("id", empty=False), namespace=ns, profile=profile,
+                id=a.string("id", empty=False), namespace=daemon_namespace(ns),
+                profile=profile,
                 env=a.mapping("env"), permissions=a.mapping("permissions"),
                 limits=a.mapping("limits"),
                 inactivity_timeout=inactivity or self.config.inactivity_timeout,
@@ -218,7 +261,7 @@ class HostService:
         ns = namespace_of(context)
         Args("listKernels", params, kwargs, ())
         client = self.link.require_up()
-        kernels = await self._daemon(client.list_kernels(namespace=ns))
+        kernels = await self._daemon(client.list_kernels(namespace=daemon_namespace(ns)))
         return [self._describe(k) for k in kernels]
 
     async def destroyKernel(self, params: Any = None, /, *, context: Any = None,
@@ -304,7 +347,7 @@ class HostService:
                                      lambda c, k: c.ping_kernel(k),
                                      "failed to reset the inactivity timer")
         return {"success": True, "message": "Inactivity timer reset successfully",
-                "kernelId": kernel_id, "timestamp": _now_iso()}
+                "kernelId": public_id(kernel_id), "timestamp": _now_iso()}
 
     def getEngineLoad(self, params: Any = None, /, *, context: Any = None,
                       **kwargs: Any) -> int:
@@ -318,7 +361,7 @@ class HostService:
         Args("getStatus", params, kwargs, ())
         client = self.link.require_up()
         status = await self._daemon(client.status())
-        mine = await self._daemon(client.list_kernels(namespace=ns))
+        mine = await self._daemon(client.list_kernels(namespace=daemon_namespace(ns)))
         gathered = await asyncio.gather(*(self._daemon(client.get_execution_info(k["id"]))
                                           for k in mine), return_exceptions=True)
         infos: list[dict[str, Any]] = [i for i in gathered if isinstance(i, dict)]
@@ -376,11 +419,9 @@ class HostService:
         except BaseException:
             release()
             raise
-        task = asyncio.create_task(self._run(execution, stream, release))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._run(execution, stream, release))
         return {"execution_id": execution.id, "executionId": execution.id,
-                "kernelId": kernel_id}
+                "kernelId": public_id(kernel_id)}
 
     async def _run(self, execution: Execution, stream: Any, release: Callable[[], None]
                    ) -> None:
@@ -389,7 +430,7 @@ class HostService:
                 execution.outputs.append(seed_event(event, execution.id))
             execution.outputs += closing_events(stream.result, execution.id)
         except KernelError as exc:
-            execution.failure = self.link.failure(exc)
+            execution.failure = self.link.failure(_public(exc))
         except Exception as exc:  # a bug: the caller still gets an answer
             log.exception("executeCode failed kernel=%s", execution.kernel_id)
             execution.failure = KernelError(f"executeCode failed: {type(exc).__name__}")
@@ -428,25 +469,57 @@ class HostService:
 
     async def _stream(self, entry: OpenStream, stream: Any, code: str
                       ) -> AsyncGenerator[dict[str, Any], None]:
+        """The caller's generator. If the caller goes away first (it closes the generator,
+        or the idle sweep does), the execution runs on in the kernel: `_drain` keeps reading
+        the daemon's stream and releases the execution's slot only at its real end, so
+        abandoned streams cannot run more executions than the quota allows."""
+        entry.started = True
         self.streams.working(entry)
         events = stream.__aiter__()
         count = 0
+        ended = False
         try:
-            async for event in events:
-                count += 1
-                self.streams.waiting(entry)
-                yield seed_event(event)
-                self.streams.working(entry)
+            try:
+                async for event in events:
+                    count += 1
+                    self.streams.waiting(entry)
+                    yield seed_event(event)
+                    self.streams.working(entry)
+            except KernelError as exc:
+                raise self.link.failure(_public(exc)) from None
+            finally:
+                ended = stream.result is not None or not _pending(events)
             for event in closing_events(stream.result, stream.execution_id):
                 self.streams.waiting(entry)
                 yield event
                 self.streams.working(entry)
-        except KernelError as exc:
-            raise self.link.failure(exc) from None
         finally:
-            await events.aclose()
             self.streams.finished(entry)
             self._remember(entry.kernel_id, stream.execution_id or "", code, count)
+            if ended:
+                await events.aclose()
+                entry.done()
+            else:
+                self._spawn(self._drain(entry, events))
+
+    async def _drain(self, entry: OpenStream, events: Any) -> None:
+        """Read an abandoned execution's events to its end (discarding them: the daemon's
+        output caps bound what arrives), then release its slot."""
+        try:
+            async for _ in events:
+                pass
+        except Exception as exc:  # noqa: BLE001 - the daemon went away or the kernel died
+            log.info("abandoned execution ended with %s kernel=%s", type(exc).__name__,
+                     entry.kernel_id)
+        finally:
+            with contextlib.suppress(Exception):
+                await events.aclose()
+            entry.done()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ kerneld's additions
 

@@ -9,7 +9,8 @@ State, all of it per caller namespace (the caller's Hypha workspace) and bounded
   it has been waiting for its caller to ask for the next event. Hypha gives a host no notice
   when a caller in another workspace goes away in the middle of a stream (HYPHA.md §5), so
   `sweep()` closes streams idle longer than `idle_timeout` (their execution runs on to its end
-  in the kernel; only the caller's view of it is closed).
+  in the kernel; only the caller's view of it is closed, and the execution's quota slot is
+  released when the execution ends, not when the view closes: the service drains it).
 - `InFlight`: executions running or queued per namespace (the quota), and creates under way
   (so two concurrent creates cannot both pass the kernel quota).
 
@@ -108,6 +109,7 @@ class OpenStream:
     generator: AsyncGenerator[dict[str, Any], None] | None = None
     waiting_since: float | None = None
     released: bool = False
+    started: bool = False     # the generator ran (it then releases the slot itself)
 
     def done(self) -> None:
         if not self.released:
@@ -132,8 +134,11 @@ class Streams:
         stream.waiting_since = None
 
     def finished(self, stream: OpenStream) -> None:
+        """The caller's view of `stream` is over. Its slot is released by the generator at
+        the execution's end; a generator that never ran never started an execution."""
         self.open.discard(stream)
-        stream.done()
+        if not stream.started:
+            stream.done()
 
     async def sweep(self) -> None:
         now = self.clock()

@@ -109,5 +109,5 @@ async def test_sigterm_of_the_attach_process_removes_its_listing(fleet: Fleet) -
         assert attach.proc.wait(10) == 0
         # the host's kernels keep running in its daemon
         with kerneld.connect(daemon.address) as client:
-            assert kernel["id"] in client.get_kernel_ids()
-            client.destroy_kernel(kernel["id"])
+            assert f"hypha.{kernel['id']}" in client.get_kernel_ids()
+            client.destroy_kernel(f"hypha.{kernel['id']}")

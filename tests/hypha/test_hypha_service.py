@@ -14,6 +14,12 @@ from typing import Any
 import pytest
 from _fleet import FLEET, ROOT, Fleet, http_call, instance, skip_unconfined
 
+import kerneld
+from kerneld.config import HyphaConfig
+from kerneld.errors import PermissionDenied
+from kerneld.hypha.link import DaemonLink
+from kerneld.hypha.service import HostService
+
 pytestmark = [pytest.mark.sandbox, skip_unconfined()]
 SELECT = {"mode": "select:min:getEngineLoad"}
 A, B = instance("kerneld-a"), instance("kerneld-b")
@@ -271,14 +277,102 @@ async def test_an_abandoned_stream_is_closed_after_its_idle_timeout(fleet: Fleet
             assert (await gen.__anext__())["type"] == "stream"
             before = (await svc.getStatus())["hypha"]
             assert before["streams"] == 1
-            await asyncio.sleep(3.5)   # [hypha] stream_idle_timeout = 2 in these tests
+            await asyncio.sleep(3.0)   # [hypha] stream_idle_timeout = 2 in these tests
             after = (await svc.getStatus())["hypha"]
-            assert after["streams"] == 0 and after["executions"] == 0
+            # the caller's view is closed, but the cell still runs (4 s in all): its
+            # execution keeps its quota slot until it really ends
+            assert after["streams"] == 0 and after["executions"] == 1, after
             assert after["idleStreamsClosed"] == before["idleStreamsClosed"] + 1
             with pytest.raises(StopAsyncIteration):
                 await gen.__anext__()
+            deadline = time.monotonic() + 5
+            while (await svc.getStatus())["hypha"]["executions"]:
+                assert time.monotonic() < deadline, "the slot was not released at the end"
+                await asyncio.sleep(0.2)
         finally:
             await _cleanup(svc)
+
+
+async def test_a_workspace_named_like_a_local_namespace_cannot_reach_its_kernels(
+        fleet: Fleet) -> None:
+    """Hypha workspace WS owns the daemon namespace hypha.WS: kernels that a local user (or
+    another adapter, such as the Jupyter one's "jupyter") made in namespace WS stay out of
+    reach of WS's Hypha callers, although the attach process talks to the daemon as root."""
+    address = fleet.daemons["kerneld-a"].address
+    with kerneld.connect(address) as local:
+        local_id = local.create_kernel(id="local", namespace="ws-user-henry")
+        assert local_id == "ws-user-henry:local"
+        try:
+            async with fleet.user("henry") as henry:
+                svc = await henry.get_service(A)
+                assert await svc.listKernels() == []
+                for name, extra in (("destroyKernel", {}), ("executeCode", {"code": "1"}),
+                                    ("getKernelInfo", {}), ("interruptKernel", {})):
+                    for kid in (local_id, "local"):
+                        with pytest.raises(Exception) as err:
+                            await getattr(svc, name)({"kernelId": kid, **extra})
+                        assert _not_found(str(err.value)), (name, kid, str(err.value)[-300:])
+                # the positive control: henry sees and uses its own kernel, in the seed's shape
+                own = await svc.createKernel({})
+                try:
+                    assert own["id"].startswith("ws-user-henry:") and own["id"] != local_id
+                    assert [k["id"] for k in await svc.listKernels()] == [own["id"]]
+                    run = await svc.executeCode({"kernelId": own["id"], "code": "6 * 7"})
+                    assert run["kernelId"] == own["id"]
+                    out = await svc.getExecutionResult({"kernelId": own["id"],
+                                                        "executionId": run["execution_id"]})
+                    assert out[0]["data"]["data"]["text/plain"] == "42"
+                    ids = local.get_kernel_ids()
+                    assert f"hypha.{own['id']}" in ids and own["id"] not in ids
+                finally:
+                    await svc.destroyKernel({"kernelId": own["id"]})
+            # the local kernel is untouched
+            assert local_id in local.get_kernel_ids()
+            assert local.execute(local_id, "1 + 1").result["data"]["text/plain"] == "2"
+        finally:
+            local.destroy_kernel(local_id)
+
+
+async def test_anonymous_callers_and_the_host_wide_kernel_cap(fleet: Fleet) -> None:
+    from hypha_rpc import connect_to_server
+    anonymous = await connect_to_server({"server_url": fleet.server.url, "method_timeout": 10})
+    try:
+        assert anonymous.config.workspace.startswith("ws-user-anonymouz-")
+        svc = await anonymous.get_service(A)
+        with pytest.raises(Exception, match=r"allow_anonymous = false"):
+            await svc.createKernel({})
+        assert await svc.listKernels() == []
+    finally:
+        await anonymous.disconnect()
+    # allow_anonymous = true lets them (the same service functions, in this process, on the
+    # same real daemon)
+    link = DaemonLink(fleet.daemons["kerneld-a"].address, "test-host")
+    await link.start()
+    try:
+        context = {"ws": "ws-user-anonymouz-test", "user": {"is_anonymous": True}}
+        refusing = HostService(link, HyphaConfig(), fleet_workspace=FLEET)
+        with pytest.raises(PermissionDenied, match="allow_anonymous"):
+            await refusing.createKernel({}, context=context)
+        allowing = HostService(link, HyphaConfig(allow_anonymous=True), fleet_workspace=FLEET)
+        made = await allowing.createKernel({}, context=context)
+        await allowing.destroyKernel({"kernelId": made["id"]}, context=context)
+    finally:
+        await link.close()
+    # max_kernels: 5 on each host in these tests, all workspaces together
+    async with fleet.user("ivan") as ivan, fleet.user("judy") as judy:
+        iv, ju = await ivan.get_service(A), await judy.get_service(A)
+        try:
+            for _ in range(3):
+                await iv.createKernel({})
+            for _ in range(2):
+                await ju.createKernel({})
+            with pytest.raises(Exception, match=r"max_kernels = 5"):
+                await ju.createKernel({})          # judy has 2 of her 3: the host is full
+            on_b = await judy.get_service(B)      # the cap is per host
+            await on_b.destroyKernel({"kernelId": (await on_b.createKernel({}))["id"]})
+        finally:
+            await _cleanup(iv)
+            await _cleanup(ju)
 
 
 def test_the_http_form_of_docs_hypha_md_works(fleet: Fleet) -> None:

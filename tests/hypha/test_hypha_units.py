@@ -12,7 +12,14 @@ import pytest
 
 from kerneld.config import ConfigError, load_daemon_config
 from kerneld.errors import InvalidArgument, KernelNotFound, LimitExceeded
-from kerneld.hypha.args import Args, namespace_of, scoped_kernel_id
+from kerneld.hypha.args import (
+    Args,
+    daemon_namespace,
+    namespace_of,
+    public_id,
+    public_text,
+    scoped_kernel_id,
+)
 from kerneld.hypha.state import Execution, InFlight, OpenStream, Results, Streams
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,16 +44,26 @@ def test_one_dict_keywords_snake_case_and_http_arrays_read_alike() -> None:
 
 
 def test_kernel_ids_are_read_in_the_callers_namespace_only() -> None:
-    assert scoped_kernel_id("abc", "ws-user-bob") == "ws-user-bob:abc"
-    assert scoped_kernel_id("ws-user-bob:abc", "ws-user-bob") == "ws-user-bob:abc"
+    # workspace WS owns the daemon namespace hypha.WS, never WS itself (another adapter's or
+    # a local user's namespace may be called like any workspace)
+    assert scoped_kernel_id("abc", "ws-user-bob") == "hypha.ws-user-bob:abc"
+    assert scoped_kernel_id("ws-user-bob:abc", "ws-user-bob") == "hypha.ws-user-bob:abc"
+    assert scoped_kernel_id("abc", "jupyter") == "hypha.jupyter:abc"
+    assert daemon_namespace("jupyter") == "hypha.jupyter"
+    assert public_id("hypha.ws-user-bob:abc") == "ws-user-bob:abc"
+    assert public_text("kernel 'hypha.ws-user-bob:abc' not found") == \
+        "kernel 'ws-user-bob:abc' not found"
+    with pytest.raises(KernelNotFound):
+        scoped_kernel_id("hypha.ws-user-bob:abc", "ws-user-bob")
     for foreign in ("ws-user-alice:abc", "x:y:z", "", "a b", "ws-user-bob:"):
         with pytest.raises(KernelNotFound) as err:
             scoped_kernel_id(foreign, "ws-user-bob")
         assert "not found" in str(err.value) and "denied" not in str(err.value)
     assert namespace_of({"ws": "ws-user-bob"}) == "ws-user-bob"
-    for bad in (None, {}, {"ws": ""}, {"ws": "a:b"}):
-        with pytest.raises(InvalidArgument):
+    for bad in (None, {}, {"ws": ""}, {"ws": "a:b"}, {"ws": "a.b"}, {"ws": "w" * 123}):
+        with pytest.raises(InvalidArgument, match="context|cannot be served"):
             namespace_of(bad)
+    assert namespace_of({"ws": "w" * 122}) == "w" * 122   # hypha.<ws> fits in 128
 
 
 def test_results_expire_and_are_bounded_per_workspace() -> None:
