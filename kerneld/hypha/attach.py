@@ -154,7 +154,7 @@ class Attachment:
                     "token": self.settings.token, "client_id": self.settings.client_id,
                     "name": f"kerneld host {self.settings.client_id}"}))
                 stop = asyncio.ensure_future(self._stop.wait())
-                await asyncio.wait({attempt}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({attempt, stop}, return_when=asyncio.FIRST_COMPLETED)
                 stop.cancel()
                 if not attempt.done():
                     attempt.cancel()

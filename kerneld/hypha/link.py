@@ -160,7 +160,8 @@ class DaemonLink:
                 await self._set(False)
                 # requests still waiting on the old client fail now, naming this host,
                 # instead of waiting for a frozen daemon (the next probe makes a new client)
-                pass
+                old, self.client = self.client, self._factory(self.address)
+                await _close(old)
             return
         self._slow = 0
         if client is not self.client:

@@ -25,8 +25,9 @@ per connection, which would void per-workspace quotas) create nothing unless
 are refused. Kernels get no Hypha token (the seed gave each one a token of the service's own
 workspace, with which untrusted code could register fake hosts).
 
-Units: the seed's timeouts are milliseconds (`inactivity_timeout`, `timeout`,
-`timeUntilShutdown`), kerneld's are seconds; this module converts at the boundary.
+Units: every timeout a caller passes or sees is in milliseconds, the seed's unit
+(`inactivity_timeout`, `max_execution_time`, setInactivityTimeout's and getExecutionResult's
+`timeout`, `timeUntilShutdown`); kerneld's are seconds; this module converts at the boundary.
 
 Failure modes: daemon errors pass through `DaemonLink.failure` (a lost daemon names this host
 and its address); while the daemon is down every function but getEngineLoad's raising fails at
@@ -66,7 +67,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 HISTORY = 20                 # executions remembered per kernel for getKernelInfo
-MAX_RESULT_WAIT = 300.0      # seconds getExecutionResult may be asked to wait
+RESULT_WAIT_MS = 30_000      # getExecutionResult's default wait (ms, the seed's unit)
+MAX_RESULT_WAIT_MS = 300_000  # the most it may be asked to wait
 _EXEC_ARGS = ("kernel_id", "code", "allow_stdin", "silent", "store_history")
 
 
@@ -445,13 +447,13 @@ class HostService:
         a, ns, kernel_id = await self._kernel("getExecutionResult", params, context, kwargs,
                                               ("kernel_id", "execution_id", "timeout"))
         execution = self.results.get(ns, kernel_id, a.required("execution_id"))
-        wait = min(a.number("timeout") or 30.0, MAX_RESULT_WAIT)
+        wait_ms = min(a.number("timeout") or RESULT_WAIT_MS, MAX_RESULT_WAIT_MS)
         if not execution.done.is_set():
             try:
-                await asyncio.wait_for(execution.done.wait(), wait)
+                await asyncio.wait_for(execution.done.wait(), wait_ms / 1000)
             except TimeoutError:
                 raise KernelError(f"getExecutionResult: execution {execution.id} is still "
-                                  f"running after {wait:g} s; call again") from None
+                                  f"running after {wait_ms:g} ms; call again") from None
         if execution.failure is not None:
             raise execution.failure
         return list(execution.outputs)

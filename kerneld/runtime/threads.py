@@ -8,9 +8,12 @@ OpenBLAS's idle threads spin for a while after each call, so a 1000² matmul cel
 `os.cpu_count()` (multiprocessing, concurrent.futures, joblib), and would start more workers
 than the kernel may run at once.
 
-So each worker, once confined (`cap`, called by the zygote's child), with
+The zygote imports numpy with OPENBLAS_NUM_THREADS=1 (`ZYGOTE_ENV`: it holds no BLAS threads,
+so no fork waits for OpenBLAS's at-fork shutdown of them) and finds OpenBLAS's setter once
+(`prepare`: reading /proc/self/maps and dlopen in every worker cost 5–8 ms of cold create).
+Each worker, once confined (`cap`, called by the zygote's child), with
 n = the allowance rounded up, at least 1, at most the CPUs it may run on:
-- tells the OpenBLAS that is already loaded to use n threads;
+- tells OpenBLAS to use n threads (nothing to do for n = 1, the zygote's size);
 - answers `os.cpu_count()` and `os.sched_getaffinity(0)` with n CPUs (as Python 3.13's
   `-X cpu_count` does for the former), so pools size themselves by the allowance;
 - adds OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS, NUMEXPR_NUM_THREADS and
@@ -31,7 +34,31 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 _OPENBLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
                      "openblas_set_num_threads")
 
+ZYGOTE_ENV = {"OPENBLAS_NUM_THREADS": "1"}  # set by the zygote before its preload
 _allowed: int | None = None   # n once `cap` ran in this process; None: no cap
+_setters: list[Any] = []      # OpenBLAS's set_num_threads functions, found by `prepare`
+
+
+def prepare() -> None:
+    """In the zygote, after its preload: find the set_num_threads of every OpenBLAS loaded
+    (in /proc/self/maps, as threadpoolctl does; CDLL of a loaded library returns that one)."""
+    _setters.clear()
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps
+                     if "openblas" in line.rsplit("/", 1)[-1].lower() and "/" in line}
+    except OSError:
+        return
+    for path in sorted(paths):
+        try:
+            lib: Any = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _OPENBLAS_SETTERS:
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                _setters.append(setter)
+                break
 
 
 def allowance(cpus: float | None, available: int) -> int:
@@ -47,7 +74,9 @@ def cap(cpus: float | None) -> int:
     real = os.sched_getaffinity(0)
     n = allowance(cpus, len(real))
     _allowed = n
-    _set_openblas(n)
+    if n != 1:  # the zygote sized OpenBLAS for one thread
+        for setter in _setters:
+            setter(n)
     if n < len(real):
         cpu_set = frozenset(sorted(real)[:n])
         real_getaffinity = os.sched_getaffinity
@@ -67,24 +96,3 @@ def env() -> dict[str, str]:
     if _allowed is None:
         return {}
     return dict.fromkeys(THREAD_VARS, str(_allowed))
-
-
-def _set_openblas(n: int) -> None:
-    """`openblas_set_num_threads(n)` on every OpenBLAS mapped into this process (found in
-    /proc/self/maps, as threadpoolctl does; CDLL of a loaded library returns the same one)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps
-                     if "openblas" in line.rsplit("/", 1)[-1].lower() and "/" in line}
-    except OSError:
-        return
-    for path in paths:
-        try:
-            lib: Any = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in _OPENBLAS_SETTERS:
-            setter = getattr(lib, name, None)
-            if setter is not None:
-                setter(n)
-                break

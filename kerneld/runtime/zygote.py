@@ -61,7 +61,7 @@ import prctl
 
 import sandbox
 from kerneld import protocol as p
-from kerneld.runtime import heap, threads, warm, worker
+from kerneld.runtime import heap, threads, worker
 from kerneld.runtime.engine import Engine
 
 EXIT_SANDBOX = 70   # the child could not apply its sandbox: never respawn automatically
@@ -119,14 +119,15 @@ class Zygote:
         ipython_dir = tempfile.mkdtemp(prefix=f"{IPYTHON_DIR_PREFIX}{os.getpid()}-")
         os.environ["IPYTHONDIR"] = ipython_dir
         os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        os.environ.update(threads.ZYGOTE_ENV)  # workers size their pools in `threads.cap`
         try:
             _preload(preload)
+            threads.prepare()
             sandbox.warm()
             worker.wrap_spawners()
             self.engine = Engine()
             self.engine.hold_traps()
             self.engine.warm()
-            warm.warm_plot()
         finally:
             shutil.rmtree(ipython_dir, ignore_errors=True)
         self.children: dict[int, int] = {}   # boot-status read fd → pid

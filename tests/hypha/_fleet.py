@@ -135,17 +135,29 @@ class HyphaServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+OPERATOR = "kerneld-ops"   # the fleet workspace's non-admin owner, as docs/hypha.md deploys
+
+
 async def fleet_token(server: HyphaServer) -> str:
-    """Create the fleet's workspace as root and a read_write token of it for the hosts."""
+    """docs/hypha.md's recipe: root creates the fleet's workspace owned by a non-admin
+    operator, who mints the hosts' read_write token (a root-minted one would carry root's
+    admin role, HYPHA.md pitfall 3)."""
     from hypha_rpc import connect_to_server
     root = await connect_to_server({"server_url": server.url, "token": server.root_token})
     try:
         await root.create_workspace({"id": FLEET, "name": FLEET, "persistent": True,
-                                     "description": "kerneld hosts"}, overwrite=True)
-        return str(await root.generate_token({"workspace": FLEET, "permission": "read_write",
-                                              "expires_in": 3600 * 4}))
+                                     "owners": [OPERATOR], "description": "kerneld hosts"},
+                                    overwrite=True)
     finally:
         await root.disconnect()
+    operator = await connect_to_server({"server_url": server.url,
+                                        "token": server.token(OPERATOR)})
+    try:
+        return str(await operator.generate_token({"workspace": FLEET,
+                                                  "permission": "read_write",
+                                                  "expires_in": 3600 * 4}))
+    finally:
+        await operator.disconnect()
 
 
 class AttachProcess:

@@ -37,7 +37,7 @@ async def test_sigkilled_daemon_fails_its_callers_then_comes_back(fleet: Fleet) 
         other = await svc.createKernel({})
         run = await svc.executeCode({"kernelId": other["id"], "code": SLOW})
         waiting = asyncio.ensure_future(svc.getExecutionResult(
-            {"kernelId": other["id"], "executionId": run["execution_id"], "timeout": 60}))
+            {"kernelId": other["id"], "executionId": run["execution_id"], "timeout": 60_000}))
         await asyncio.sleep(0.5)
         old = fleet.daemons["kerneld-b"]
         old.signal(signal.SIGKILL)

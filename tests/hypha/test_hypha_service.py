@@ -226,8 +226,8 @@ async def test_lifecycle_functions_timers_and_kerneld_additions(fleet: Fleet) ->
                 await svc.executeCode({"kernelId": kid, "code": ""})
             # getExecutionResult waits for the end, within its timeout
             run = await svc.executeCode({"kernelId": kid, "code": "import time; time.sleep(1.5)"})
-            with pytest.raises(Exception, match="still running after 0.3 s"):
-                await svc.getExecutionResult({"kernelId": kid, "timeout": 0.3,
+            with pytest.raises(Exception, match="still running after 300 ms"):
+                await svc.getExecutionResult({"kernelId": kid, "timeout": 300,   # ms
                                               "executionId": run["execution_id"]})
             out = await svc.getExecutionResult({"kernelId": kid,
                                                 "executionId": run["execution_id"]})

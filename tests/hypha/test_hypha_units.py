@@ -167,3 +167,28 @@ def test_the_second_unit_verifies_next_to_the_daemons(tmp_path: Path) -> None:
                            "kerneld.service"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+def test_token_file_on_the_command_line_beats_a_token_in_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+    import socket
+
+    from kerneld.hypha.attach import settings_from
+    for name in ("KERNELD_HYPHA_TOKEN", "KERNELD_HYPHA_TOKEN_FILE", "KERNELD_HYPHA_CLIENT_ID",
+                 "KERNELD_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "k.toml"
+    config.write_text('[hypha]\nserver_url = "https://h.example"\nworkspace = "fleet"\n'
+                      'token = "from-the-file"\n')
+    secret = tmp_path / "hypha.token"
+    secret.write_text("from-the-command-line\n")
+    args = argparse.Namespace(config=str(config), token=None, token_file=str(secret))
+    settings = settings_from(args)
+    assert settings.token == "from-the-command-line"
+    # the same host gets the same instance id after a restart (no pid in it)
+    assert settings.client_id == f"kerneld-{socket.gethostname()}"
+    monkeypatch.setenv("KERNELD_HYPHA_TOKEN", "from-the-environment")
+    assert settings_from(argparse.Namespace(config=str(config))).token == "from-the-environment"
+    assert settings_from(args).token == "from-the-command-line"
+    assert settings_from(argparse.Namespace(config=str(config), token="cli")).token == "cli"
