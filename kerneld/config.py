@@ -54,7 +54,7 @@ class ManagerConfig:
     """
 
     runtime_python: str = field(default_factory=_default_runtime_python)
-    preload: tuple[str, ...] = ("numpy", "matplotlib", "matplotlib.pyplot")
+    preload: tuple[str, ...] = ("numpy", "pandas", "matplotlib", "matplotlib.pyplot")
     profile_dirs: tuple[str, ...] = ()
     default_profile: str = "default"
     allow_in_process: bool = True
