@@ -104,6 +104,7 @@ class HyphaBench:
         svc = await user.get_service(instance)
         kernel = await svc.createKernel({})
         kid = kernel["id"]
+        local_kid = f"hypha.{kid}"   # the same kernel in its daemon (docs/hypha.md)
         client = side.client
 
         async def via_execute() -> None:
@@ -120,11 +121,11 @@ class HyphaBench:
                 raise RuntimeError(f"unexpected stream {events!r:.200}")
 
         async def direct_stream() -> None:
-            async for _ in client.execute_stream(kid, "1+1"):
+            async for _ in client.execute_stream(local_kid, "1+1"):
                 pass
 
         async def direct_execute() -> None:
-            await kd_execute(client, kid, "1+1", "2")
+            await kd_execute(client, local_kid, "1+1", "2")
 
         ways: dict[str, tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = {
             "hypha_execute_ms": (via_execute, direct_execute),

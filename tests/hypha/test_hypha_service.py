@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import json
 import re
+import signal
 import time
 from collections import Counter
 from typing import Any
@@ -373,6 +375,46 @@ async def test_anonymous_callers_and_the_host_wide_kernel_cap(fleet: Fleet) -> N
         finally:
             await _cleanup(iv)
             await _cleanup(ju)
+
+
+async def test_a_failed_registration_is_retried_while_the_daemon_is_up(fleet: Fleet) -> None:
+    """The Hypha server refuses this host's first registration (injected: a real server
+    refuses only for reasons that do not pass by themselves); the daemon stays up, so no
+    up/down change would ever register it again: the sweep must."""
+    from kerneld.hypha.attach import Attachment, Settings
+
+    failures: list[str] = []
+
+    class Refused(Attachment):
+        async def _connect(self) -> None:
+            await super()._connect()
+            real = self.server.register_service
+
+            async def refuse_once(*args: Any, **kwargs: Any) -> Any:
+                if not failures:
+                    failures.append("refused")
+                    raise ConnectionError("injected: the server refused the registration")
+                return await real(*args, **kwargs)
+            self.server.register_service = refuse_once
+
+    config = HyphaConfig(server_url=fleet.server.url, workspace=FLEET)
+    attachment = Refused(Settings(config, fleet.token, "kerneld-retry",
+                                  fleet.daemons["kerneld-a"].address))
+    running = asyncio.ensure_future(attachment.run())
+    loop = asyncio.get_running_loop()
+    try:
+        async with fleet.user("kim") as kim:
+            took = await fleet.wait_instances(kim, [A, B, instance("kerneld-retry")], 10.0)
+            assert failures == ["refused"] and took < 10
+            attachment._stop.set()
+            assert await asyncio.wait_for(running, 10) == 0
+            await fleet.wait_instances(kim, [A, B], 5.0)
+    finally:
+        attachment._stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(running, 10)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 def test_the_http_form_of_docs_hypha_md_works(fleet: Fleet) -> None:
