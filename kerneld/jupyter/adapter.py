@@ -181,6 +181,8 @@ class Adapter:
             reaper.tell(self._reaper_fd, b"c")
         for kind in ("kernel_died", "kernel_terminated"):
             await self.client.on_kernel_event(self.kernel_id, kind, self._on_death)
+        for kind in ("comm_open", "comm_msg", "comm_close"):  # sent by a thread between cells
+            await self.client.on_kernel_event(self.kernel_id, kind, self._on_idle_comm)
         self._language_version = await self._runtime_version()
         self._banner = (f"Python {self._language_version} in a kerneld kernel "
                         f"(profile {self.profile!r}, confined by the OS)\n")
@@ -217,6 +219,13 @@ class Adapter:
                     "confinement, so it stops here.")
         return (f"kerneld.jupyter: the daemon at {self.address} refused the kernel "
                 f"(profile {self.profile!r}): {type(exc).__name__}: {exc}")
+
+    def _on_idle_comm(self, event: Any) -> None:
+        """A comm message the kernel sent outside any request (a widget updated from a
+        thread between cells): on IOPub with no parent, as ipykernel does. Those sent during
+        a request arrive as that request's events (`_run`) and are skipped here."""
+        if event.execution_id is None:
+            self._publish_comm(event.type, event.data, {})
 
     def _on_death(self, event: Any) -> None:
         data = event.data or {}
@@ -378,6 +387,12 @@ class Adapter:
         except DaemonUnavailable as exc:
             log.error("lost the daemon at %s: %s", self.address, exc)
             self.stop(1)
+        except Exception as exc:  # one malformed request must not end the kernel
+            log.exception("request failed type=%s", msg.msg_type)
+            if msg.msg_type.endswith("_request"):
+                await self.reply(sock, msg, msg.msg_type[:-len("_request")] + "_reply", {
+                    "status": "error", "ename": type(exc).__name__, "evalue": str(exc),
+                    "traceback": []})
         finally:
             await self._status("idle", msg)
 
@@ -491,6 +506,8 @@ class Adapter:
         silent = bool(c.get("silent", False))
         store_history = bool(c.get("store_history", not silent)) and not silent
         expressions = c.get("user_expressions") or {}
+        if not isinstance(expressions, dict):  # as a missing one: nothing to evaluate
+            expressions = {}
         started = now_iso()
         if not silent:
             await self.publish("execute_input", {
@@ -542,11 +559,21 @@ class Adapter:
                 "user_expressions": {}, "payload": []}
 
     async def _output(self, msg: Message, kind: str, data: dict[str, Any]) -> None:
-        buffers = None
         if kind.startswith("comm_"):
-            data = dict(data)
-            buffers = [bytes(b) for b in data.pop("buffers", None) or []]
-        await self.publish(kind, data, msg, buffers=buffers)
+            self._publish_comm(kind, data, msg.header)
+        else:
+            await self.publish(kind, data, msg)
+
+    def _publish_comm(self, kind: str, data: dict[str, Any], parent: dict[str, Any]) -> None:
+        """A comm event as Jupyter sends it: its `metadata` in the message's metadata (the
+        widget manager checks `metadata.version` of a comm_open) and its buffers as frames."""
+        content = dict(data)
+        buffers = [bytes(b) for b in content.pop("buffers", None) or []]
+        metadata = content.pop("metadata", None)
+        topic = f"kernel.{self.signer.session}.{kind}".encode()
+        self._send("iopub", self.signer.serialize(
+            kind, content, parent, idents=[topic],
+            metadata=metadata if isinstance(metadata, dict) else None, buffers=buffers))
 
     async def _input_request(self, msg: Message, data: dict[str, Any]) -> None:
         self._send("stdin", self.signer.serialize(

@@ -4,7 +4,7 @@ network) and the daemon's listing with the profile; SIGINT and control interrupt
 shutdown; the adapter SIGKILLed, alone or with its process group (its kernel destroyed);
 the heartbeat and kernel_info on control; the kernel SIGKILLed (the adapter
 exits non-zero, as a dead ipykernel's process would, and a restart works); stdin; comms both
-ways with binary buffers; messages signed with another key dropped; unknown
+ways with binary buffers, widget metadata and updates from a thread between cells; messages signed with another key dropped; unknown
 request types tolerated. And the adapter exits 1 when the daemon stops. Each outer test is one inner test by name."""
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ INNER = [
     "test_interrupt_request_on_control", "test_restart_resets_state_and_replaces_the_kernel",
     "test_sigkilled_adapter_leaves_no_kernel", "test_killed_kernel_ends_the_adapter",
     "test_stdin_roundtrip", "test_comms_both_ways_with_buffers",
+    "test_widget_metadata_and_updates_from_a_thread",
     "test_bad_signatures_are_dropped", "test_process_group_kill_leaves_no_kernel",
     "test_heartbeat_and_control_channel", "test_unknown_requests_get_busy_idle_only",
 ]

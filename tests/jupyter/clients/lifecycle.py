@@ -253,6 +253,37 @@ get_comm_manager().register_target('echo', target)
         kc.stop_channels()
 
 
+def test_widget_metadata_and_updates_from_a_thread(km: KernelManager) -> None:
+    """ipywidgets' comm_open carries its protocol version in the message metadata (JupyterLab's
+    widget manager refuses a comm_open without it), and a widget updated by a thread after its
+    cell has ended reaches IOPub, with no parent, as ipykernel sends it."""
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=TIMEOUT)
+    try:
+        reply, outputs = run(kc, "import ipywidgets\nslider = ipywidgets.IntSlider(value=1)\n"
+                                 "slider")
+        assert reply["status"] == "ok", reply
+        opened = [m for m in outputs if m["msg_type"] == "comm_open"]
+        assert opened and all(m["metadata"].get("version", "").startswith("2.")
+                              for m in opened), opened
+        reply, _ = run(kc, "import threading, time\n"
+                           "def later():\n    time.sleep(0.5)\n    slider.value = 5\n"
+                           "threading.Thread(target=later).start()")
+        assert reply["status"] == "ok", reply
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            assert time.monotonic() < deadline, "no update from the thread on IOPub"
+            msg = kc.get_iopub_msg(timeout=TIMEOUT)
+            data = msg["content"].get("data", {})
+            if msg["msg_type"] == "comm_msg" and data.get("state", {}).get("value") == 5:
+                break
+        assert msg["parent_header"] == {}, msg["parent_header"]
+        assert msg["content"]["comm_id"] in {m["content"]["comm_id"] for m in opened}
+    finally:
+        kc.stop_channels()
+
+
 def _iopub(kc: Any, msg_type: str) -> dict[str, Any]:
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
