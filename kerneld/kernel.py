@@ -415,11 +415,15 @@ class KernelRecord:
         """Send a Complete/Inspect/IsComplete built by `make(req_id)`; await its Answer."""
         if self._status is Status.DEAD:
             raise KernelError(f"kernel {self.id} is dead; restart it first")
+        if self._status in (Status.STARTING, Status.RESTARTING):
+            # no backend would answer: it would wait the whole ASK_TIMEOUT
+            raise KernelError(f"kernel {self.id} is {self._status.value}; ask again once it "
+                              "is idle")
         req_id = secrets.token_hex(8)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._asks[req_id] = future
-        self.send(make(req_id))
         try:
+            self.send(make(req_id))
             return await asyncio.wait_for(future, timeout=ASK_TIMEOUT)
         finally:
             self._asks.pop(req_id, None)

@@ -214,6 +214,29 @@ async def test_an_execution_sent_during_a_restart_runs_in_the_new_backend() -> N
     assert host.factory.made[1].executes and not host.factory.made[0].executes
 
 
+async def test_an_ask_during_a_restart_fails_at_once_and_works_after() -> None:
+    """history/comm_info/complete sent while no backend can answer: a clear error at once, not
+    ASK_TIMEOUT (60 s) of waiting for an answer nobody will send."""
+    host = FakeHost()
+    kernel = await _started(host)
+    host.factory.gate = gate = asyncio.Event()
+    restart = asyncio.create_task(kernel.restart())
+    await asyncio.sleep(0)
+    assert kernel.status is Status.RESTARTING
+    with pytest.raises(KernelError, match="restarting; ask again"):
+        await asyncio.wait_for(kernel.ask(lambda r: p.Complete(r, "pri", 3)), 1)
+    assert not kernel._asks
+    gate.set()
+    await restart
+    ask = asyncio.create_task(kernel.ask(lambda r: p.Complete(r, "pri", 3)))
+    await asyncio.sleep(0)
+    assert len(kernel._asks) == 1  # positive control: once idle, the ask is sent and waits
+    ask.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await ask
+    assert not kernel._asks
+
+
 async def test_a_dead_kernel_can_be_restarted() -> None:
     host = FakeHost()
     kernel = await _started(host)
