@@ -33,6 +33,7 @@ class Execution:
         self.comm = comm
         self.outputs: list[KernelEvent] = []
         self.has_result = False  # an execute_result event is among the outputs
+        self.comm_bytes = 0  # of the comm messages seen (kernel.COMM_BYTES_PER_EXECUTION)
         self.queue: asyncio.Queue[KernelEvent | None] | None = (
             asyncio.Queue() if streaming else None)
         self.future: asyncio.Future[ExecutionResult] = (

@@ -140,6 +140,21 @@ def _comm_event_ok(data: dict[str, Any]) -> bool:
             and all(type(b) is bytes for b in buffers))
 
 
+# What the daemon keeps of an untrusted worker's comm messages (the worker's own output cap
+# covers stream text only): per execution, the bytes of comm messages stored with it and
+# queued for its stream; between cells, a token bucket of bytes per second. Past either,
+# comm messages still reach the kernel's listeners (which drop when slow) and are counted.
+COMM_BYTES_PER_EXECUTION = 64 * 1024 * 1024
+COMM_IDLE_BYTES_PER_S = 8 * 1024 * 1024
+COMM_IDLE_BURST = 32 * 1024 * 1024
+
+
+def _comm_size(data: dict[str, Any]) -> int:
+    """A comm message's size as the daemon holds it: its buffers, plus a floor for the rest
+    (its JSON part was bounded by the worker's message size already)."""
+    return 1024 + sum(len(b) for b in data.get("buffers", ()))
+
+
 def _first(*values: Any) -> Any:
     for value in values:
         if value is not None:
@@ -167,6 +182,8 @@ class KernelRecord:
         self.current: Execution | None = None
         self.last_activity = time.monotonic()
         self._asks: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.comm_dropped = 0  # comm messages past COMM_* budgets (not kept or not dispatched)
+        self._comm_tokens, self._comm_at = float(COMM_IDLE_BURST), time.monotonic()
         self._restart_lock = asyncio.Lock()
         # set once the first start is over: it succeeded, failed, or a kill came first
         self._start_ended = asyncio.Event()
@@ -320,11 +337,18 @@ class KernelRecord:
                 return
             current = self.current
             if msg.exec_id == "" and msg.type in p.COMM_EVENTS:
-                self.host.dispatch(p.KernelEvent(msg.type, msg.data, self.id, None))
+                if self._idle_comm_admitted(_comm_size(msg.data)):
+                    self.host.dispatch(p.KernelEvent(msg.type, msg.data, self.id, None))
                 return
             if current is None or msg.exec_id != current.id:
                 return
             event = p.KernelEvent(msg.type, msg.data, self.id, current.id)
+            if msg.type in p.COMM_EVENTS:
+                current.comm_bytes += _comm_size(msg.data)
+                if current.comm_bytes > COMM_BYTES_PER_EXECUTION:
+                    self.comm_dropped += 1  # not kept: listeners only
+                    self.host.dispatch(event)
+                    return
             current.add(event)
             self.host.dispatch(event)
         elif isinstance(msg, p.Done):
@@ -333,6 +357,18 @@ class KernelRecord:
             future = self._asks.pop(msg.req_id, None)
             if future is not None and not future.done():
                 future.set_result(msg.content)
+
+    def _idle_comm_admitted(self, size: int) -> bool:
+        """The token bucket of comm messages sent between cells (COMM_IDLE_*)."""
+        now = time.monotonic()
+        self._comm_tokens = min(float(COMM_IDLE_BURST), self._comm_tokens
+                                + (now - self._comm_at) * COMM_IDLE_BYTES_PER_S)
+        self._comm_at = now
+        if size > self._comm_tokens:
+            self.comm_dropped += 1
+            return False
+        self._comm_tokens -= size
+        return True
 
     def _finish(self, msg: p.Done) -> None:
         current = self.current

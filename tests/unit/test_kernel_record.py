@@ -400,3 +400,39 @@ async def test_inactivity_expires_an_idle_kernel_through_the_host() -> None:
     assert host.expired == []
     await kernel.apply_rules(kernel.last_activity + 5.0)
     assert host.expired == [kernel]
+
+
+# ---------------------------------------------------------------------- comm budgets
+
+def _comm(exec_id: str, size: int) -> p.Output:
+    return p.Output(exec_id, "comm_msg", {"comm_id": "c", "data": {}, "metadata": {},
+                                          "buffers": [b"x" * size]})
+
+
+async def test_comm_messages_of_an_execution_are_kept_up_to_a_budget(monkeypatch) -> None:
+    """An untrusted worker's comm flood in one cell is kept (outputs, stream queue) only up to
+    COMM_BYTES_PER_EXECUTION; past it the messages still reach listeners, and are counted."""
+    import kerneld.kernel as kernel_module
+    monkeypatch.setattr(kernel_module, "COMM_BYTES_PER_EXECUTION", 10_000)
+    host = FakeHost()
+    kernel = await _started(host)
+    host.factory.made[0].auto = False
+    execution = _execution(kernel)
+    kernel.submit(execution)
+    for _ in range(10):
+        kernel.on_message(_comm(execution.id, 3_000))
+    kept = [e for e in execution.outputs if e.type == "comm_msg"]
+    assert len(kept) == 2 and kernel.comm_dropped == 8  # 2 × (3,000 + 1,024) ≤ 10,000 < 3 ×
+    assert host.types().count("comm_msg") == 10          # listeners saw every one
+
+
+async def test_comm_messages_between_cells_are_rate_limited(monkeypatch) -> None:
+    import kerneld.kernel as kernel_module
+    monkeypatch.setattr(kernel_module, "COMM_IDLE_BURST", 10_000)
+    monkeypatch.setattr(kernel_module, "COMM_IDLE_BYTES_PER_S", 1)
+    host = FakeHost()
+    kernel = await _started(host)
+    kernel._comm_tokens = 10_000
+    for _ in range(5):
+        kernel.on_message(_comm("", 3_000))
+    assert host.types().count("comm_msg") == 2 and kernel.comm_dropped == 3
