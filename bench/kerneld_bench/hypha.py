@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -211,7 +208,7 @@ def render_table(report: dict[str, Any]) -> str:
 def main(args: argparse.Namespace, mode: str) -> int:
     """`kerneld bench --hypha [--smoke|--quick] [--json FILE]` (report.py parses the
     arguments and hands them here)."""
-    from kerneld_bench.report import machine_info
+    from kerneld_bench.report import run_and_report
     if not HYPHA_ENV.exists():
         print(f"kerneld bench --hypha: skipped: no Hypha server environment at {HYPHA_ENV} "
               "(build it with scripts/setup-test-envs.sh)", file=sys.stderr)
@@ -222,29 +219,5 @@ def main(args: argparse.Namespace, mode: str) -> int:
         print("kerneld bench --hypha: skipped: hypha-rpc is not installed (kerneld[hypha])",
               file=sys.stderr)
         return 0
-    reaper = Reaper()
-    workdir = tempfile.mkdtemp(prefix="kb-", dir="/tmp")
-    os.chmod(workdir, 0o755)
-    reaper.dirs.append(workdir)
-    bench = HyphaBench(mode, reaper, workdir)
-    t0 = time.perf_counter()
-    try:
-        machine = machine_info()
-        asyncio.run(bench.run())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("kerneld bench: interrupted; cleaning up", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - reported, then the cleanup below
-        bench.details["errors"]["run"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        killed = reaper.kill_all()
-        bench.details["killed_at_exit"] = killed
-    bench.details["elapsed_seconds"] = round(time.perf_counter() - t0, 1)
-    report = build_report(bench, machine)
-    print(render_table(report))
-    print(f"elapsed: {bench.details['elapsed_seconds']} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-    return 1 if bench.details["errors"] else 0
+    return run_and_report(lambda reaper, workdir: HyphaBench(mode, reaper, workdir), args,
+                          build_report, render_table)

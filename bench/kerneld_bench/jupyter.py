@@ -39,10 +39,8 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from typing import Any
@@ -507,54 +505,13 @@ def render_table(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-async def _run(bench: JupyterBench) -> None:
-    """Ctrl-C (asyncio.run) and SIGTERM both cancel this task: cleanup runs in `finally`s."""
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        await bench.run()
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-
-
 def main(args: argparse.Namespace, mode: str) -> int:
     """`kerneld bench --jupyter [--smoke|--quick] [--json FILE] [--check]` (report.py parses
     the arguments and hands them here)."""
-    from kerneld_bench.report import machine_info
+    from kerneld_bench.report import run_and_report
     if args.embedded:
         print("kerneld bench: --embedded has no Jupyter side (the kernelspec drives a daemon)",
               file=sys.stderr)
         return 1
-    reaper = Reaper()
-    workdir = tempfile.mkdtemp(prefix="kb-", dir="/tmp")
-    os.chmod(workdir, 0o755)
-    reaper.dirs.append(workdir)
-    t0 = time.perf_counter()
-    bench = JupyterBench(mode, reaper, workdir)
-    try:
-        machine = machine_info()
-        asyncio.run(_run(bench))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("kerneld bench: interrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        killed = reaper.kill_all()
-        bench.details["killed_at_exit"] = killed
-        if killed:
-            print(f"kerneld bench: killed leftover processes {killed}", file=sys.stderr)
-    bench.details["elapsed_seconds"] = round(time.perf_counter() - t0, 1)
-    machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report = build_report(bench, machine)
-    print(render_table(report))
-    print(f"elapsed: {bench.details['elapsed_seconds']} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-    if bench.details["errors"]:
-        return 1
-    if args.check and any(t["status"] == "MISSED" for t in report["targets"].values()):
-        return 2
-    return 0
+    return run_and_report(lambda reaper, workdir: JupyterBench(mode, reaper, workdir), args,
+                          build_report, render_table)

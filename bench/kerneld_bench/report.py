@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -145,7 +146,7 @@ def render_table(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-async def _run(bench: Bench) -> None:
+async def _run(bench: Any) -> None:
     """Ctrl-C (asyncio.run) and SIGTERM both cancel this task: cleanup runs in `finally`s."""
     task = asyncio.current_task()
     assert task is not None
@@ -155,6 +156,49 @@ async def _run(bench: Bench) -> None:
         await bench.run()
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+def run_and_report(make: Callable[[Reaper, str], Any], args: argparse.Namespace,
+                   build: Callable[[Any, dict[str, Any]], dict[str, Any]],
+                   render: Callable[[dict[str, Any]], str]) -> int:
+    """One bench run, whatever its side: `make(reaper, workdir)` gives an object with
+    `async run()` and `details`; `build(bench, machine)` its report, `render(report)` its
+    table. Every process it starts is ended on exit, error, Ctrl-C or SIGTERM. Exit status:
+    1 if a phase failed, 2 with --check if a target is missed."""
+    reaper = Reaper()
+    workdir = tempfile.mkdtemp(prefix="kb-", dir="/tmp")
+    os.chmod(workdir, 0o755)
+    reaper.dirs.append(workdir)
+    t0 = time.perf_counter()
+    bench = make(reaper, workdir)
+    try:
+        machine = machine_info()
+        asyncio.run(_run(bench))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("kerneld bench: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - reported with the figures, after the cleanup
+        bench.details["errors"]["run"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        killed = reaper.kill_all()
+        bench.details["killed_at_exit"] = killed   # processes that outlived their owner
+        if killed:
+            print(f"kerneld bench: killed leftover processes {killed}", file=sys.stderr)
+    bench.details["elapsed_seconds"] = round(time.perf_counter() - t0, 1)
+    machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report = build(bench, machine)
+    print(render(report))
+    print(f"elapsed: {bench.details['elapsed_seconds']} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    if bench.details["errors"]:
+        return 1
+    if args.check and any(t["status"] == "MISSED"
+                          for t in report.get("targets", {}).values()):
+        return 2
+    return 0
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -202,40 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     counts = MODES[mode]
     if args.idle_kernels:
         counts = Counts(**{**counts.__dict__, "idle_kernels": args.idle_kernels})
-    reaper = Reaper()
-    workdir = tempfile.mkdtemp(prefix="kb-", dir="/tmp")
-    os.chmod(workdir, 0o755)
-    reaper.dirs.append(workdir)
-
-    t0 = time.perf_counter()
-    bench = Bench(counts, mode, reaper, workdir, args.embedded)
-    try:
-        machine = machine_info()
-        asyncio.run(_run(bench))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("kerneld bench: interrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        killed = reaper.kill_all()
-        bench.details["killed_at_exit"] = killed   # processes that outlived their owner
-        if killed:
-            print(f"kerneld bench: killed leftover processes {killed}", file=sys.stderr)
-    bench.details["elapsed_seconds"] = round(time.perf_counter() - t0, 1)
-    machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report = build_report(bench, machine)
-    print(render_table(report))
-    print(f"elapsed: {bench.details['elapsed_seconds']} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-    if bench.details["errors"]:
-        return 1
-    if args.check and any(t["status"] != "met" for t in report["targets"].values()
-                          if t["status"] != "n/a"):
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_and_report(
+        lambda reaper, workdir: Bench(counts, mode, reaper, workdir, args.embedded),
+        args, build_report, render_table)

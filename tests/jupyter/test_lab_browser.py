@@ -16,19 +16,14 @@ unprivileged user); that sandbox protects the browser, not the kernel under test
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import signal
-import socket
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.jupyter.test_server import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / ".venv-clients" / "bin"
@@ -107,70 +102,8 @@ finally:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Lab:
-    """`jupyter lab` on 127.0.0.1 with a token, its state in the test's directory."""
-
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.port, self.token, self.workdir = _free_port(), secrets.token_hex(16), workdir
-        env = {**env, "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
-               "JUPYTER_CONFIG_DIR": str(workdir / "config"),
-               "JUPYTERLAB_SETTINGS_DIR": str(workdir / "lab-settings"),
-               "JUPYTERLAB_WORKSPACES_DIR": str(workdir / "lab-workspaces")}
-        self.log_path = workdir / "lab.log"
-        self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen(
-            [str(CLIENTS / "jupyter"), "lab", "--no-browser", "--allow-root",
-             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
-             "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-             f"--ServerApp.root_dir={workdir / 'notebooks'}"],
-            env=env, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def request(self, method: str, path: str) -> tuple[int, Any]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
-                                     headers={"Authorization": f"token {self.token}"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode(errors="replace")
-
-    def wait_ready(self, timeout: float = 60.0) -> Lab:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"jupyter lab exited:\n{self.log}"
-            try:
-                if self.request("GET", "/api")[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"jupyter lab not answering in {timeout} s:\n{self.log}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-
-
 @pytest.fixture
-def lab(jupyter_kernel: Any, tmp_path: Path) -> Iterator[Lab]:
+def lab(jupyter_kernel: Any, tmp_path: Path) -> Iterator[Server]:
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     notebook = {"cells": [{"cell_type": "code", "execution_count": None, "id": "plot",
@@ -179,7 +112,7 @@ def lab(jupyter_kernel: Any, tmp_path: Path) -> Iterator[Lab]:
                                             "display_name": jupyter_kernel.name}},
                 "nbformat": 4, "nbformat_minor": 5}
     (notebooks / "plot.ipynb").write_text(json.dumps(notebook))
-    server = Lab(jupyter_kernel.env, tmp_path)
+    server = Server("jupyter-lab", jupyter_kernel.env, jupyter_kernel.name, tmp_path)
     try:
         yield server.wait_ready()
     finally:
@@ -191,7 +124,7 @@ def lab(jupyter_kernel: Any, tmp_path: Path) -> Iterator[Lab]:
         print("--- daemon log (tail):\n" + jupyter_kernel.daemon.log[-4000:])
 
 
-def test_jupyterlab_notebook_plots_in_chromium(lab: Lab, jupyter_kernel: Any,
+def test_jupyterlab_notebook_plots_in_chromium(lab: Server, jupyter_kernel: Any,
                                                tmp_path: Path) -> None:
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.unlink(missing_ok=True)

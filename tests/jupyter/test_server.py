@@ -158,24 +158,29 @@ def _text(outputs: list[dict[str, Any]], kind: str) -> str:
 
 
 class Server:
-    """A `jupyter server` or `jupyter kernelgateway` process of this test, on 127.0.0.1 with
+    """A `jupyter server`, `jupyter lab` or `jupyter kernelgateway` process of a test, on 127.0.0.1 with
     a token; `close()` ends it (and anything it left running)."""
 
     def __init__(self, kind: str, env: dict[str, str], kernel: str, workdir: Path) -> None:
         self.kind, self.port, self.token = kind, free_port(), secrets.token_hex(16)
         self.log_path = workdir / f"{kind}.log"
-        if kind == "jupyter-server":
-            cmd = [str(CLIENTS / "jupyter"), "server", "--no-browser", "--allow-root",
-                   "--ServerApp.ip=127.0.0.1",
+        extra_env: dict[str, str] = {}
+        if kind in ("jupyter-server", "jupyter-lab"):  # JupyterLab is a Jupyter Server app
+            root = workdir / "notebooks" if kind == "jupyter-lab" else workdir
+            cmd = [str(CLIENTS / "jupyter"), kind.split("-")[1], "--no-browser",
+                   "--allow-root", "--ServerApp.ip=127.0.0.1",
                    f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
-                   f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={workdir}"]
+                   f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}"]
+            if kind == "jupyter-lab":
+                extra_env = {"JUPYTERLAB_SETTINGS_DIR": str(workdir / "lab-settings"),
+                             "JUPYTERLAB_WORKSPACES_DIR": str(workdir / "lab-workspaces")}
         else:
             cmd = [str(CLIENTS / "jupyter"), "kernelgateway", "--KernelGatewayApp.ip=127.0.0.1",
                    f"--KernelGatewayApp.port={self.port}", "--KernelGatewayApp.port_retries=0",
                    f"--KernelGatewayApp.auth_token={self.token}",
                    f"--KernelGatewayApp.default_kernel_name={kernel}"]
         env = {**env, "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
-               "JUPYTER_CONFIG_DIR": str(workdir / "config")}   # nothing of ~/.jupyter
+               "JUPYTER_CONFIG_DIR": str(workdir / "config"), **extra_env}  # no ~/.jupyter
         self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
