@@ -84,6 +84,7 @@ class Supervisor:
         self._watch: ProcessWatch | None = None
         self._runtime_dir: str | None = None
         self._uid_locks: dict[int, int] = {}  # uid → fd of its lock file, while in use
+        self._uid_next = self.config.uid_range[0]  # where the next scan for a free uid starts
         self._by_pid: dict[int, Sink] = {}    # a kernel process → its backend's report sink
 
     @property
@@ -130,12 +131,20 @@ class Supervisor:
     def allocate_uid(self) -> int | None:
         """A kernel uid nobody else uses: not this manager, nor any other manager or daemon on
         the host (each holds an flock on /run/kerneld-uids/<uid> while the uid is in use; the
-        lock dies with its holder, so a crash frees the uid). None unless running as root."""
+        lock dies with its holder, so a crash frees the uid). None unless running as root.
+
+        The scan starts after the uid handed out last and wraps around, so that a create does
+        not walk past every uid in use (with thousands of kernels held, scanning from the
+        start made each create linear in the kernels held) and a released uid is not handed
+        out again at once."""
         if os.geteuid() != 0:
             return None
         first, last = self.config.uid_range
         os.makedirs(UID_LOCK_DIR, mode=0o700, exist_ok=True)
-        for uid in range(first, last + 1):
+        size = last - first + 1
+        start = (self._uid_next - first) % size if first <= self._uid_next <= last else 0
+        for offset in range(size):
+            uid = first + (start + offset) % size
             if uid in self._uid_locks:
                 continue
             fd = os.open(os.path.join(UID_LOCK_DIR, str(uid)),
@@ -146,6 +155,7 @@ class Supervisor:
                 os.close(fd)
                 continue
             self._uid_locks[uid] = fd
+            self._uid_next = uid + 1
             return uid
         raise LimitExceeded(f"no free kernel uid left in uid_range {first}-{last}")
 
