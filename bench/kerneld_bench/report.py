@@ -138,6 +138,14 @@ def render_table(report: dict[str, Any]) -> str:
     lines.append(f"mode: {d['mode']}; kerneld side: {d['kerneld_side']}; "
                  "ratio = times better than ipykernel; create_pool ratio vs ipykernel cold "
                  "start; p99 of higher-is-better metrics = 1st percentile")
+    curve = d.get("scale_curve")
+    if curve and curve["points"]:
+        lines.append("scale (kernels held: daemon RSS MiB, KiB per kernel, fds per kernel, "
+                     "system MiB per kernel, creates/s since the previous point): " + "; ".join(
+                         f"{p['kernels']}: {p['daemon_rss_mib']}, {p['daemon_rss_kib_per_kernel']}"
+                         f", {p['fds_per_kernel']}, {p['system_mib_per_kernel']}, "
+                         f"{p['create_per_s']}/s" for p in curve["points"])
+                     + f"; destroy all {curve['destroy_all'].get('seconds')} s")
     for phase, error in d["errors"].items():
         lines.append(f"ERROR in {phase}: {error}")
     return "\n".join(lines)
@@ -211,7 +219,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                        help="minimal counts, checks the harness only (figures are meaningless)")
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE")
     parser.add_argument("--idle-kernels", type=int, metavar="N",
-                        help="kernels to hold at once (full: 500, measured)")
+                        help="kernels to hold at once, measured, with the scale curve "
+                             "(full: 3000; quick: 100, extrapolated to 20 GiB)")
     parser.add_argument("--embedded", action="store_true",
                         help="measure an in-process KernelManager instead of the daemon "
                              "(development stand-in; not the official figures)")
@@ -245,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         return hypha.main(args, mode)
     counts = MODES[mode]
     if args.idle_kernels:
-        counts = Counts(**{**counts.__dict__, "idle_kernels": args.idle_kernels})
+        counts = Counts(**{**counts.__dict__, "idle_kernels": args.idle_kernels,
+                           "extrapolate": False})
     return run_and_report(
         lambda reaper, workdir: Bench(counts, mode, reaper, workdir, args.embedded),
         args, build_report, render_table)

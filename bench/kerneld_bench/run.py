@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from kerneld_bench import agent
+from kerneld_bench import agent, overhead
 from kerneld_bench.metrics import MB, MEMORY_BUDGET, METRICS, Counts, MiB
 from kerneld_bench.procs import ProcTable, Reaper, RssSampler, maybe, tree_memory
 from kerneld_bench.sides import (
@@ -39,6 +39,51 @@ from kerneld_bench.workloads import (
 )
 
 # --------------------------------------------------------------------------- the run
+
+CURVE_POINTS = (100, 500, 1000, 2000, 3000)
+
+
+class ScaleCurve:
+    """What holding more kernels costs the daemon, at 100, 500, 1,000, 2,000, 3,000 kernels
+    (those up to the run's count, and the count itself): its RSS and open fds, the system
+    memory used, and the create rate over the segment since the previous point. Per-kernel
+    figures at each point show whether any cost grows faster than linearly."""
+
+    def __init__(self, daemon_pid: int, n: int, avail0: int) -> None:
+        self.proc = psutil.Process(daemon_pid)
+        self.rss0 = self.proc.memory_info().rss
+        self.fds0 = self.proc.num_fds()
+        self.avail0 = avail0
+        self.todo = sorted({p for p in CURVE_POINTS if p < n} | {n})
+        self.points: list[dict[str, Any]] = []
+        self.last = (0, time.perf_counter())
+        self.destroy: dict[str, Any] = {}
+
+    def reached(self, held: int) -> dict[str, Any] | None:
+        if not self.todo or held < self.todo[0]:
+            return None
+        while self.todo and held >= self.todo[0]:
+            self.todo.pop(0)
+        now = time.perf_counter()
+        rss = self.proc.memory_info().rss
+        fds = self.proc.num_fds()
+        used = self.avail0 - psutil.virtual_memory().available
+        point = {"kernels": held, "daemon_rss_mib": round(rss / MiB, 1),
+                 "daemon_rss_kib_per_kernel": round((rss - self.rss0) / 1024 / held, 1),
+                 "daemon_fds": fds, "fds_per_kernel": round((fds - self.fds0) / held, 2),
+                 "system_mib_per_kernel": round(used / MiB / held, 2),
+                 "create_per_s": round((held - self.last[0]) / (now - self.last[1]), 1)}
+        self.last = (held, now)
+        self.points.append(point)
+        return point
+
+    def destroyed(self, held: int, seconds: float) -> None:
+        self.destroy = {"kernels": held, "seconds": round(seconds, 2)}
+
+    def report(self) -> dict[str, Any]:
+        return {"daemon_pid_rss0_mib": round(self.rss0 / MiB, 1), "daemon_fds0": self.fds0,
+                "points": self.points, "destroy_all": self.destroy}
+
 
 
 class Bench:
@@ -78,7 +123,9 @@ class Bench:
         self.details.setdefault("phase_seconds", {})[name] = round(time.perf_counter() - t0, 2)
 
     async def run(self) -> None:
-        self.kd = self.side_cls(self.reaper, self.workdir, "kerneld-a", pool_size=0)
+        # room for the held kernels plus the phases' own (clients, in-process, agent sessions)
+        self.kd = self.side_cls(self.reaper, self.workdir, "kerneld-a", pool_size=0,
+                                max_kernels=max(2000, self.c.idle_kernels + 64))
         try:
             await self.phase("setup", self.setup)
             if "setup" in self.details["errors"]:
@@ -88,6 +135,7 @@ class Bench:
             await self.phase("throughput", self.throughput)
             await self.phase("stream", self.stream)
             await self.phase("sandbox_overhead", self.sandbox_overhead)
+            await self.phase("workload_overhead", self.workload_overhead)
             await self.phase("idle_kernels", self.idle_kernels)
             await self.phase("agent_session", self.agent_session)
         finally:
@@ -295,6 +343,28 @@ class Bench:
                   "Landlock, seccomp, rlimits) vs an IN_PROCESS kernel on a thread of the same "
                   "daemon (same Python 3.11 build); one value per alternating round")
 
+    async def workload_overhead(self) -> None:
+        """Realistic work timed inside the kernel (kerneld_bench.overhead), against the same
+        zygote in a second daemon with confinement off."""
+        assert self.kd is not None
+        bare = KerneldSide(self.reaper, self.workdir, "kerneld-unconfined", pool_size=0,
+                           confine=False)
+        try:
+            await bare.start()
+            result = await overhead.measure(self.kd, bare, self.ipy[0],
+                                            self.c.workload_rounds, self.say)
+        finally:
+            await bounded(bare.close())
+        self.details["workload_overhead"] = result
+        self.add("workload_overhead_max_pct", "kerneld", overhead.worst_pct(result))
+        for line in overhead.render(result):
+            self.say(line)
+        self.note("workload_overhead_max_pct", "worst p50 % over the same zygote unconfined "
+                  "(a second daemon, confine = false) of the default and data-science "
+                  "profiles across realistic workloads each timed inside the kernel: pandas "
+                  "groupby of 10^5 rows, 1000×1000 matmul, 2000 small files written+read, "
+                  "first/later matplotlib PNG, a pure-Python loop; details.workload_overhead")
+
     # -- idle confined kernels held at once ---------------------------------------------------
 
     async def idle_kernels(self) -> None:
@@ -304,6 +374,8 @@ class Bench:
         avail0 = psutil.virtual_memory().available
         held: list[str] = []
         failure = None
+        curve = ScaleCurve(self.kd.pid if self.kd.kind == "daemon" else os.getpid(), n,
+                           avail0)
 
         async def make() -> None:
             kid = await client.create_kernel()
@@ -317,8 +389,11 @@ class Bench:
                 for r in results:
                     if isinstance(r, BaseException):
                         failure = f"{type(r).__name__}: {r}"
-                if len(held) % 100 < 4:
-                    self.say(f"  {len(held)} kernels held")
+                point = curve.reached(len(held))
+                if point is not None:
+                    self.say(f"  {point['kernels']} kernels held: daemon RSS "
+                             f"{point['daemon_rss_mib']} MiB, {point['daemon_fds']} fds, "
+                             f"{point['create_per_s']} creates/s since the last point")
             await asyncio.sleep(1.0)
             avail1 = psutil.virtual_memory().available
             answered = await self._verify(held)
@@ -328,7 +403,10 @@ class Bench:
                 for i in range(0, len(held), 8):
                     await asyncio.gather(*(client.destroy_kernel(k) for k in held[i:i + 8]),
                                          return_exceptions=True)
+            t0 = time.perf_counter()
             await bounded(destroy())
+            curve.destroyed(len(held), time.perf_counter() - t0)
+            self.details["scale_curve"] = curve.report()
 
     async def _verify(self, held: list[str]) -> int:
         assert self.kd is not None
@@ -435,8 +513,10 @@ class Bench:
             await side.start()
             client = side.client
 
-            async def sample() -> float:
+            async def sample(idle: bool = False, uss: bool = False) -> float:
                 await side.wait_pool()
+                if idle:  # as a server sees it: the daemon and the pool idle a moment
+                    await asyncio.sleep(0.3)
                 kid = ""
 
                 async def create() -> None:
@@ -444,12 +524,20 @@ class Bench:
                     kid = await client.create_kernel()
                     await kd_execute(client, kid, "1+1", "2")
                 ms = await timed(create)
-                await side.pids()
+                pids = await side.pids()
+                if uss:  # measured as idle_uss_mib is in `setup`
+                    await asyncio.sleep(1.0)
+                    pid = pids.get(kid) or 0
+                    self.add("pool_idle_uss_mib", "kerneld",
+                             tree_memory(pid, ProcTable().kernel(pid))[0])
                 await client.destroy_kernel(kid)
                 return ms
             await sample()                                                   # warm-up
-            for _ in range(self.c.pool):
+            for i in range(self.c.pool):                    # idle / non-idle alternating
                 self.add("create_pool_ms", "kerneld", await sample())
+                # USS of the first few idle samples only: each costs 1 s
+                self.add("create_pool_idle_ms", "kerneld",
+                         await sample(idle=True, uss=i < 5))
             self.details["pool_stats"] = await maybe(client.get_pool_stats())
             await self._agent_pooled(side)
         finally:
@@ -457,3 +545,7 @@ class Bench:
         self.note("create_pool_ms", f"as create_cold_ms from a daemon with [pool] size = "
                   f"{self.c.pool_size} (default profile), the pool refilled before each "
                   "sample; ipykernel has no pool: its ratio is against ipykernel's cold start")
+        self.note("create_pool_idle_ms", "as create_pool_ms, after the pool refilled and "
+                  "the daemon and pool then idled 0.3 s (samples alternate with create_pool_ms)")
+        self.note("pool_idle_uss_mib", "as idle_uss_mib, of a kernel served from the pool "
+                  "(after its `1+1` and ≥ 1 s idle; the first five idle samples)")

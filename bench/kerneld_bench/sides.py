@@ -44,10 +44,11 @@ class KerneldSide:
     kind = "daemon"
 
     def __init__(self, reaper: Reaper, workdir: str, name: str, pool_size: int,
-                 confine: bool = True) -> None:
-        # confine=False exists for bench/profile.py's diagnosis only; the bench never uses it
+                 confine: bool = True, max_kernels: int = 2000) -> None:
+        # confine=False: bench/profile.py's diagnosis, and the workload_overhead phase's
+        # baseline (kerneld_bench.overhead: the same zygote with confinement off)
         self.reaper, self.workdir, self.name, self.pool_size = reaper, workdir, name, pool_size
-        self.confine = confine
+        self.confine, self.max_kernels = confine, max_kernels
         self.address = f"ipc://{workdir}/{name}.sock"
         self.log_path = os.path.join(workdir, f"{name}.log")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -65,6 +66,7 @@ class KerneldSide:
         with open(path, "w") as f:
             f.write("# written by kerneld bench\n[kernels]\n"
                     f"confine = {str(self.confine).lower()}\nallow_in_process = true\n"
+                    f"max_kernels = {self.max_kernels}\n"
                     f"[pool]\nsize = {self.pool_size}\n"
                     'profiles = ["default"]\n')
         return path
@@ -164,7 +166,8 @@ class EmbeddedSide(KerneldSide):
         from kerneld import KernelManager
         from kerneld.config import ManagerConfig
         self.client = KernelManager(ManagerConfig(pool_size=self.pool_size,
-                                                  allow_in_process=True))
+                                                  allow_in_process=True,
+                                                  max_kernels=self.max_kernels))
         await self.client.start()
 
     async def extra_client(self) -> Any:
